@@ -1,0 +1,35 @@
+"""Static attention configuration shared by the public API, the backends and the partitioner."""
+
+from __future__ import annotations
+
+import dataclasses
+
+IMPLEMENTATIONS = ("auto", "cuda", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    """Everything about one attention call that is not an array. Hashable: a static argument.
+
+    ``window_left`` / ``window_right`` < 0 mean unbounded; causal is already folded into
+    ``window_right == 0``. ``softcap == 0.0`` means off. ``implementation`` is resolved:
+    ``"cuda"`` or ``"reference"``.
+    """
+
+    softmax_scale: float
+    window_left: int = -1
+    window_right: int = -1
+    softcap: float = 0.0
+    deterministic: bool = False
+    implementation: str = "reference"
+
+    def __post_init__(self):
+        if self.implementation not in ("cuda", "reference"):
+            raise ValueError(f"AttentionConfig.implementation must be resolved, got {self.implementation!r}")
+
+    @property
+    def causal(self) -> bool:
+        return self.window_right == 0 and self.window_left < 0
+
+    def replace(self, **changes) -> "AttentionConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,266 @@
+"""jax_flash3's public attention API: validation, implementation choice and the custom VJP."""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jax_flash3 import _ffi, _sharding
+from jax_flash3._config import IMPLEMENTATIONS, AttentionConfig
+
+MAX_HEAD_DIM = 256
+REFERENCE_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+
+
+class UnsupportedError(ValueError, RuntimeError):
+    """``implementation="cuda"`` was asked for but cannot run; the message says why.
+
+    Subclasses both ValueError (an unsupported configuration) and RuntimeError (no library/GPU).
+    """
+
+
+def _is_array(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "ndim")
+
+
+def _check_arrays(q, k, v) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not _is_array(x):
+            raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(
+                f"{name} must have rank 4 (batch, seq, heads, head_dim), got shape {tuple(x.shape)}"
+            )
+    dtypes = {n: jnp.dtype(x.dtype) for n, x in (("q", q), ("k", k), ("v", v))}
+    if len(set(dtypes.values())) != 1:
+        raise TypeError(
+            "q, k and v must share one dtype, got "
+            + ", ".join(f"{n}={d.name}" for n, d in dtypes.items())
+        )
+    if dtypes["q"] not in REFERENCE_DTYPES:
+        raise TypeError(
+            f"q/k/v dtype must be bfloat16 or float16 (float32 on the reference path), "
+            f"got {dtypes['q'].name}"
+        )
+    b, sq, hq, d = q.shape
+    bk, sk, hk, dk = k.shape
+    bv, skv, hkv, dv = v.shape
+    if not (b == bk == bv):
+        raise ValueError(f"batch sizes differ: q {b}, k {bk}, v {bv}")
+    if sk != skv:
+        raise ValueError(f"k and v must have the same sequence length, got k {sk}, v {skv}")
+    if hk != hkv:
+        raise ValueError(f"k and v must have the same number of heads, got k {hk}, v {hkv}")
+    if d != dk:
+        raise ValueError(f"q and k must have the same head_dim, got q {d}, k {dk}")
+    if min(sq, sk) < 1 or b < 1:
+        raise ValueError(f"batch and sequence lengths must be >= 1, got q {q.shape}, k {k.shape}")
+    if hk < 1 or hq % hk != 0:
+        raise ValueError(
+            f"number of query heads ({hq}) must be a multiple of the number of key/value heads "
+            f"({hk}) (MQA/GQA)"
+        )
+    for name, dim in (("head_dim of q/k", d), ("head_dim of v", dv)):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"{name} must be in [1, {MAX_HEAD_DIM}], got {dim}")
+
+
+def _static_number(name: str, x):
+    if isinstance(x, jax.core.Tracer):
+        raise TypeError(f"{name} must be a static Python number, not a traced value")
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        try:
+            x = float(x)  # numpy / 0-d concrete arrays
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a real number or None, got {type(x).__name__}") from None
+    return float(x)
+
+
+def _window_side(name: str, x) -> int:
+    if x is None:
+        return -1
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"window {name} must be an int >= 0, -1 or None, got {x!r}")
+    if x < -1:
+        raise ValueError(f"window {name} must be >= 0, or -1/None for unbounded, got {x}")
+    return int(x)
+
+
+def _parse_window(window, causal: bool) -> tuple[int, int]:
+    if window is None:
+        left, right = -1, -1
+    else:
+        if isinstance(window, (str, bytes)) or not hasattr(window, "__len__") or len(window) != 2:
+            raise ValueError(f"window must be None or a pair (left, right), got {window!r}")
+        left, right = _window_side("left", window[0]), _window_side("right", window[1])
+    if causal:
+        right = 0
+    return left, right
+
+
+def _resolve_implementation(implementation: str, q, v) -> str:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "reference":
+        return "reference"
+    why = _cuda_blocker(q, v)
+    if why is None:
+        return "cuda"
+    if implementation == "cuda":
+        raise UnsupportedError(f'implementation="cuda" cannot run: {why}')
+    return "reference"
+
+
+def _on_gpu(x) -> bool:
+    """Whether x lives on a GPU; under tracing, whether JAX's default backend is a GPU."""
+    if not isinstance(x, jax.core.Tracer) and hasattr(x, "devices"):
+        try:
+            return all(d.platform == "gpu" for d in x.devices())
+        except Exception:
+            pass
+    return jax.default_backend() == "gpu"
+
+
+def _cuda_blocker(q, v) -> str | None:
+    dtype = jnp.dtype(q.dtype)
+    if dtype not in _ffi.CUDA_DTYPES:
+        return f"the CUDA kernels take bfloat16 or float16, got {dtype.name}"
+    d, dv = q.shape[-1], v.shape[-1]
+    if d % 8 or dv % 8:
+        return f"the CUDA kernels need head dims that are multiples of 8, got {d} and {dv}"
+    why = _ffi.unavailable_reason()
+    if why is not None:
+        return why
+    if not _on_gpu(q):
+        return "the inputs do not live on a GPU"
+    return None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(q, k, v, cfg: AttentionConfig):
+    return _sharding.fwd(q, k, v, cfg)
+
+
+def _attention_fwd_rule(q, k, v, cfg: AttentionConfig):
+    out, lse = _sharding.fwd(q, k, v, cfg)
+    return (out, lse), (q, k, v, out, lse)
+
+
+def _attention_bwd_rule(cfg: AttentionConfig, residuals, cotangents):
+    q, k, v, out, lse = residuals
+    dout, dlse = cotangents
+    return _sharding.bwd(q, k, v, out, lse, dout, dlse, cfg)
+
+
+_attention.defvjp(_attention_fwd_rule, _attention_bwd_rule)
+
+
+def make_config(
+    q,
+    k,
+    v,
+    *,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window=None,
+    softcap: float | None = None,
+    deterministic: bool = False,
+    implementation: str = "auto",
+) -> AttentionConfig:
+    """Validate arguments exactly as ``flash_attention`` does and return the resolved config."""
+    _check_arrays(q, k, v)
+    for name, flag in (("causal", causal), ("deterministic", deterministic)):
+        if not isinstance(flag, (bool, jnp.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if softmax_scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    else:
+        scale = _static_number("softmax_scale", softmax_scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"softmax_scale must be a finite number > 0, got {softmax_scale!r}")
+    if softcap is None:
+        cap = 0.0
+    else:
+        cap = _static_number("softcap", softcap)
+        if not math.isfinite(cap) or cap <= 0:
+            raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    left, right = _parse_window(window, bool(causal))
+    impl = _resolve_implementation(implementation, q, v)
+    return AttentionConfig(
+        softmax_scale=scale,
+        window_left=left,
+        window_right=right,
+        softcap=cap,
+        deterministic=bool(deterministic),
+        implementation=impl,
+    )
+
+
+def flash_attention(
+    q,
+    k,
+    v,
+    *,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    return_lse: bool = False,
+    deterministic: bool = False,
+    implementation: str = "auto",
+):
+    """Scaled dot-product attention, FlashAttention-3 style, in jax.nn.dot_product_attention's layout.
+
+    Args:
+      q: queries ``(B, Sq, Hq, D)``.
+      k: keys ``(B, Sk, Hk, D)``; ``Hq % Hk == 0`` (MQA/GQA: query head ``h`` uses KV head
+        ``h // (Hq // Hk)``).
+      v: values ``(B, Sk, Hk, Dv)``.
+      causal: mask future keys. Aligned bottom-right when ``Sq != Sk`` (query ``i`` sees key ``j``
+        iff ``j <= i + Sk - Sq``), as FlashAttention and chunked prefill/decoding expect; note that
+        ``jax.nn.dot_product_attention(is_causal=True)`` aligns top-left instead. Same when Sq == Sk.
+      softmax_scale: logit scale, default ``1 / sqrt(D)``.
+      window: ``(left, right)`` local attention: key ``j`` is visible to query ``i`` iff
+        ``i + Sk - Sq - left <= j <= i + Sk - Sq + right``; ``None`` or ``-1`` on a side means
+        unbounded. With ``causal=True`` the right side is 0.
+      softcap: if set (> 0), logits become ``softcap * tanh(logits / softcap)`` after scaling and
+        before masking.
+      return_lse: also return the float32 log-sum-exp ``(B, Hq, Sq)`` (natural log).
+      deterministic: make the CUDA backward bit-reproducible run to run (slower). The reference
+        path is always deterministic.
+      implementation: ``"auto"`` (the CUDA kernels when the inputs live on an sm_90 GPU and the
+        config is supported, else the pure-JAX reference path), ``"cuda"`` (raise
+        ``UnsupportedError`` saying why it cannot run) or ``"reference"``.
+
+    Returns:
+      ``out (B, Sq, Hq, Dv)`` in q's dtype, or ``(out, lse)`` if ``return_lse``. A query row that
+      sees no key gets output 0 and lse ``-inf`` (and zero gradients).
+
+    Supported dtypes: bfloat16 and float16 (both paths), float32 (reference path). Head dims up
+    to 256 (multiples of 8 on the CUDA path). Differentiable in q, k, v (``jax.custom_vjp`` with
+    residuals ``(q, k, v, out, lse)``); works under ``jit``, ``grad``, ``vmap`` and ``checkpoint``.
+
+    Example::
+
+      q = jax.random.normal(key, (2, 1024, 8, 128), jnp.bfloat16)
+      k = v = jax.random.normal(key, (2, 1024, 2, 128), jnp.bfloat16)  # GQA 8:2
+      out = jax_flash3.flash_attention(q, k, v, causal=True)
+    """
+    if not isinstance(return_lse, (bool, jnp.bool_)):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    cfg = make_config(
+        q, k, v,
+        causal=causal, softmax_scale=softmax_scale, window=window, softcap=softcap,
+        deterministic=deterministic, implementation=implementation,
+    )
+    out, lse = _attention(q, k, v, cfg)
+    return (out, lse) if return_lse else out
+
+
+def attention_with_config(q, k, v, cfg: AttentionConfig):
+    """``(out, lse)`` for an already validated config (used by ring attention and the modules)."""
+    return _attention(q, k, v, cfg)
