@@ -53,6 +53,7 @@ struct FwdParams {
 
 struct BwdParams : FwdParams {
   const void* dout = nullptr;  // (B, Sq, Hq, Dv), same strides as out
+  const float* dlse = nullptr; // (B, Hq, Sq): cotangent of lse; dS = P * (dP - (rowsum(dO*O) - dlse))
   void* dq = nullptr;          // (B, Sq, Hq, D), same strides as q
   void* dk = nullptr;          // (B, Sk, Hk, D), same strides as k
   void* dv = nullptr;          // (B, Sk, Hk, Dv), same strides as v

@@ -1,0 +1,126 @@
+"""jax_flash3 vs cuDNN (jax.nn.dot_product_attention) forward/backward TFLOPs/s, same process.
+
+Grid (../shared/PEERS.md, the FA3 paper's): 16k tokens per batch (batch = 16384 / seq), hidden
+2048 (heads = 2048 / hdim), bf16, random normal inputs. FLOPs: forward = 4 * B * H * S^2 * D,
+halved when causal; backward = 2.5 x forward, timed as (forward + backward) - forward. Each
+function runs under jit as 10 back-to-back calls; the median of 5 such repeats is reported.
+
+    python3 benchmarks/bench_attention.py --out results.json
+    python3 benchmarks/bench_attention.py --hdims 128 --seqs 4096 16384 --causal 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+import jax_flash3
+
+
+def flops_fwd(b, h, s, d, causal):
+    f = 4.0 * b * h * s * s * d
+    return f / 2 if causal else f
+
+
+def timeit(fn, *args, calls=10, repeats=5):
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
+
+
+def make_fns(attn):
+    fwd = jax.jit(attn)
+
+    def fwd_bwd(q, k, v, do):
+        out, vjp = jax.vjp(attn, q, k, v)
+        return vjp(do)
+
+    return fwd, jax.jit(fwd_bwd)
+
+
+def bench_one(name, attn, q, k, v, do, fl, with_bwd=True):
+    fwd, fwd_bwd = make_fns(attn)
+    row = {}
+    try:
+        t_f = timeit(fwd, q, k, v)
+        row[f"{name}_fwd_ms"] = t_f * 1e3
+        row[f"{name}_fwd_tflops"] = fl / t_f / 1e12
+        if with_bwd:
+            t_fb = timeit(fwd_bwd, q, k, v, do)
+            t_b = max(t_fb - t_f, 1e-9)
+            row[f"{name}_bwd_ms"] = t_b * 1e3
+            row[f"{name}_bwd_tflops"] = 2.5 * fl / t_b / 1e12
+    except Exception as e:  # a peer that refuses a config is reported, not fatal
+        row[f"{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hdims", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--seqs", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    ap.add_argument("--causal", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--no-bwd", action="store_true")
+    ap.add_argument("--no-cudnn", action="store_true")
+    ap.add_argument("--implementation", default="cuda")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+
+    dtype = jnp.dtype(args.dtype)
+    dev = jax.devices()[0]
+    print(f"device: {dev.device_kind} ({dev.platform}); jax {jax.__version__}; "
+          f"jax_flash3 CUDA: {jax_flash3.cuda_unavailable_reason() or 'available'}", flush=True)
+    rows = []
+    key = jax.random.PRNGKey(0)
+    hdr = f"{'hdim':>4} {'seq':>6} {'c':>1} | {'jf3 fwd':>8} {'cudnn fwd':>9} | {'jf3 bwd':>8} {'cudnn bwd':>9}"
+    print(hdr, flush=True)
+    for d in args.hdims:
+        for s in args.seqs:
+            for causal in args.causal:
+                b, h = max(1, args.tokens // s), max(1, args.hidden // d)
+                key, *ks = jax.random.split(key, 5)
+                q, k, v, do = (jax.random.normal(kk, (b, s, h, d), dtype) for kk in ks)
+                fl = flops_fwd(b, h, s, d, causal)
+                row = dict(hdim=d, seq=s, causal=causal, batch=b, heads=h, dtype=args.dtype,
+                           device=dev.device_kind)
+                ours = lambda q, k, v, c=bool(causal): jax_flash3.flash_attention(
+                    q, k, v, causal=c, implementation=args.implementation)
+                row.update(bench_one("jf3", ours, q, k, v, do, fl, not args.no_bwd))
+                if not args.no_cudnn:
+                    peer = lambda q, k, v, c=bool(causal): jax.nn.dot_product_attention(
+                        q, k, v, is_causal=c, implementation="cudnn")
+                    row.update(bench_one("cudnn", peer, q, k, v, do, fl, not args.no_bwd))
+                rows.append(row)
+                f = lambda key: f"{row[key]:8.1f}" if key in row else f"{'err':>8}"
+                print(f"{d:>4} {s:>6} {causal:>1} | {f('jf3_fwd_tflops')} {f('cudnn_fwd_tflops'):>9} | "
+                      f"{f('jf3_bwd_tflops')} {f('cudnn_bwd_tflops'):>9}", flush=True)
+                for kk in row:
+                    if kk.endswith("_error"):
+                        print(f"    {kk}: {row[kk]}", flush=True)
+                del q, k, v, do
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, fh, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
