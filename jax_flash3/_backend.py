@@ -7,6 +7,7 @@ Both take and return the residual contract ``(q, k, v, out, lse)``; the partitio
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from jax_flash3 import _ffi
 from jax_flash3._config import AttentionConfig
@@ -24,15 +25,24 @@ def _ref_kwargs(cfg: AttentionConfig) -> dict:
 
 def fwd(q, k, v, cfg: AttentionConfig):
     """``(out (B, Sq, Hq, Dv), lse f32 (B, Hq, Sq))`` on the path ``cfg.implementation`` names."""
-    if cfg.implementation == "cuda":
-        return _ffi.fwd(q, k, v, cfg)
-    return reference_fwd(q, k, v, **_ref_kwargs(cfg))
+    ref = lambda q, k, v: reference_fwd(q, k, v, **_ref_kwargs(cfg))
+    if cfg.implementation != "cuda":
+        return ref(q, k, v)
+    cuda = lambda q, k, v: _ffi.fwd(q, k, v, cfg)
+    if cfg.auto:
+        return lax.platform_dependent(q, k, v, cuda=cuda, default=ref)
+    return cuda(q, k, v)
 
 
 def bwd(q, k, v, out, lse, dout, dlse, cfg: AttentionConfig):
     """``(dq, dk, dv)`` from the residuals, the output cotangent and the lse cotangent."""
     if dlse is None:
         dlse = jnp.zeros(lse.shape, jnp.float32)
-    if cfg.implementation == "cuda":
-        return _ffi.bwd(q, k, v, out, lse, dout, dlse, cfg)
-    return reference_bwd(q, k, v, out, lse, dout, dlse, **_ref_kwargs(cfg))
+    args = (q, k, v, out, lse, dout, dlse)
+    ref = lambda *a: reference_bwd(*a, **_ref_kwargs(cfg))
+    if cfg.implementation != "cuda":
+        return ref(*args)
+    cuda = lambda *a: _ffi.bwd(*a, cfg)
+    if cfg.auto:
+        return lax.platform_dependent(*args, cuda=cuda, default=ref)
+    return cuda(*args)

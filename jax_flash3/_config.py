@@ -22,6 +22,9 @@ class AttentionConfig:
     softcap: float = 0.0
     deterministic: bool = False
     implementation: str = "reference"
+    # Chosen by implementation="auto": when lowering for a non-CUDA platform, use the reference
+    # path instead of the CUDA kernels.
+    auto: bool = False
 
     def __post_init__(self):
         if self.implementation not in ("cuda", "reference"):

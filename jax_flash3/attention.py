@@ -50,7 +50,7 @@ def _check_arrays(q, k, v) -> None:
     bk, sk, hk, dk = k.shape
     bv, skv, hkv, dv = v.shape
     if not (b == bk == bv):
-        raise ValueError(f"batch sizes differ: q {b}, k {bk}, v {bv}")
+        raise ValueError(f"q, k and v must have equal batch sizes, got q {b}, k {bk}, v {bv}")
     if sk != skv:
         raise ValueError(f"k and v must have the same sequence length, got k {sk}, v {skv}")
     if hk != hkv:
@@ -69,15 +69,18 @@ def _check_arrays(q, k, v) -> None:
             raise ValueError(f"{name} must be in [1, {MAX_HEAD_DIM}], got {dim}")
 
 
-def _static_number(name: str, x):
+def _static_number(name: str, x) -> float:
     if isinstance(x, jax.core.Tracer):
         raise TypeError(f"{name} must be a static Python number, not a traced value")
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        try:
-            x = float(x)  # numpy / 0-d concrete arrays
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a real number or None, got {type(x).__name__}") from None
-    return float(x)
+    if isinstance(x, (bool, jnp.bool_)) or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a real number or None, got {type(x).__name__}")
+    if isinstance(x, numbers.Real):
+        return float(x)
+    # A concrete 0-d numeric array (numpy or jax) is accepted as its value.
+    if getattr(x, "shape", None) == () and jnp.issubdtype(getattr(x, "dtype", None), jnp.number):
+        if not jnp.issubdtype(x.dtype, jnp.complexfloating):
+            return float(x)
+    raise TypeError(f"{name} must be a real number or None, got {type(x).__name__}")
 
 
 def _window_side(name: str, x) -> int:
@@ -116,7 +119,12 @@ def _resolve_implementation(implementation: str, q, v) -> str:
 
 
 def _on_gpu(x) -> bool:
-    """Whether x lives on a GPU; under tracing, whether JAX's default backend is a GPU."""
+    """Whether x lives on a GPU; under tracing, whether JAX's default backend is a GPU.
+
+    Under tracing this is only a first guess: an "auto" config also carries ``auto=True`` and the
+    backend picks the kernel per lowering platform (``lax.platform_dependent``), so a jit placed
+    on the CPU of a GPU machine still runs the reference path.
+    """
     if not isinstance(x, jax.core.Tracer) and hasattr(x, "devices"):
         try:
             return all(d.platform == "gpu" for d in x.devices())
@@ -191,6 +199,7 @@ def make_config(
     left, right = _parse_window(window, bool(causal))
     impl = _resolve_implementation(implementation, q, v)
     return AttentionConfig(
+        auto=implementation == "auto",
         softmax_scale=scale,
         window_left=left,
         window_right=right,
