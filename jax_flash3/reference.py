@@ -102,11 +102,9 @@ def reference_fwd(
         )
         return (m_new, l, acc), None
 
-    init = (
-        jnp.full((b, hk, g, sq), -jnp.inf, _F32),
-        jnp.zeros((b, hk, g, sq), _F32),
-        jnp.zeros((b, hk, g, sq, dv), _F32),
-    )
+    # Carries built from q (not fresh constants) so they vary like the inputs inside shard_map.
+    l0 = jnp.zeros_like(qg[..., 0]).transpose(0, 2, 3, 1)  # (B, Hk, G, Sq)
+    init = (jnp.full_like(l0, -jnp.inf), l0, l0[..., None] + jnp.zeros((dv,), _F32))
     nblk = kblocks.shape[0]
     (m, l, acc), _ = lax.scan(step, init, (jnp.arange(nblk), kblocks, vblocks))
     seen = l > 0
@@ -174,7 +172,7 @@ def reference_bwd(
 
     nblk = kblocks.shape[0]
     dq, (dk, dv) = lax.scan(
-        step, jnp.zeros(qg.shape, _F32), (jnp.arange(nblk), kblocks, vblocks)
+        step, jnp.zeros_like(qg), (jnp.arange(nblk), kblocks, vblocks)
     )
     dk = dk.transpose(1, 0, 2, 3, 4).reshape(b, nblk * bk, hk, d)[:, :sk]
     dv = dv.transpose(1, 0, 2, 3, 4).reshape(b, nblk * bk, hk, dv_dim)[:, :sk]
