@@ -1,0 +1,764 @@
+// jax_flash3 Hopper (sm_90a) attention backward: preprocess, main dQ/dK/dV kernel, dQ convert.
+//
+// Main kernel: one CTA per (key block of kBlockN rows, KV head, batch); it loops over the query
+// heads of its GQA group and the query blocks that can see its keys, so dK/dV of a KV head are
+// summed over the group in registers (no per-query-head copies, no dK/dV atomics). Two consumer
+// warpgroups; all five GEMMs are WGMMA:
+//   S^T  = K Q^T      (SS)      dP^T = V dO^T   (SS)      -- rows = keys, so the fragments hold P^T
+//   dV  += P^T dO     (RS for hdim <= 128: P^T straight from the S^T accumulator registers)
+//   dK  += dS^T Q     (RS likewise)
+//   dQ   = dS K       (SS: dS goes through shared memory, it spans both warpgroups' keys)
+// Loads: thread 0 issues TMA (Q, dO, K, V; zero-filled past the sequence and the real head dim)
+// and 1-D bulk copies (LSE, dPsum) one query block ahead, on one transaction mbarrier per stage.
+// dQ is summed in fp32 in a zeroed workspace: for hdim <= 128 each CTA stages its dQ tile in smem
+// (fragment order) and thread 0 issues one bulk reduce-add (cp.reduce.async.bulk .add.f32); hdim
+// 192/256 use float2 atomics. With `deterministic` the CTAs of a query block add in a fixed
+// key-block order (right to left) behind a per-(batch, head, query block) semaphore.
+// Not (yet) FA3's structure: no producer warpgroup / setmaxnreg, the consumer WGs run in lock step.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cute/arch/copy_sm80.hpp>
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_types.h>
+
+#include "../params.h"
+#include "bwd_tile.h"
+
+namespace jax_flash3 {
+namespace bwd_sm90 {
+
+using namespace cute;
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---------------------------------------------------------------------------------------------
+// Traits
+// ---------------------------------------------------------------------------------------------
+
+template <class Element, int kK>
+constexpr auto smem_atom_k_major() {
+  if constexpr (kK % 64 == 0) return GMMA::Layout_K_SW128_Atom<Element>{};
+  else if constexpr (kK % 32 == 0) return GMMA::Layout_K_SW64_Atom<Element>{};
+  else return GMMA::Layout_K_SW32_Atom<Element>{};
+}
+template <class Element, int kMN>
+constexpr auto smem_atom_mn_major() {
+  if constexpr (kMN % 64 == 0) return GMMA::Layout_MN_SW128_Atom<Element>{};
+  else if constexpr (kMN % 32 == 0) return GMMA::Layout_MN_SW64_Atom<Element>{};
+  else return GMMA::Layout_MN_SW32_Atom<Element>{};
+}
+
+template <class Element_, int kHeadDim_, bool kSoftcap_>
+struct BwdTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = block_m(kHeadDim);
+  static constexpr int kBlockN = block_n(kHeadDim);
+  static constexpr int kNumWG = 2;
+  static constexpr int kThreads = 128 * kNumWG;
+  static constexpr int kStages = 2;  // Q/dO/LSE/dPsum double buffer
+  static constexpr bool kSoftcap = kSoftcap_;
+  // dK/dV GEMMs take P^T/dS^T from registers when each WG owns whole key rows of S^T.
+  static constexpr bool kDkvRS = kHeadDim <= 128;
+  // dQ: split the query rows between the WGs when there are 128 of them, else split D.
+  static constexpr bool kDqSplitM = kBlockM >= 128;
+  // dQ partial sums leave through a shared-memory tile and one bulk reduce-add
+  // (cp.reduce.async.bulk .add.f32, done by the TMA unit) instead of per-thread atomics. The tile
+  // is kept in thread-fragment order (conflict-free 16-byte stores); the convert kernel undoes it.
+  // hdim 192/256 have no smem left for the fp32 tile and use float2 atomics.
+  static constexpr bool kDqBulk = kHeadDim <= 128;
+
+  using BM = Int<kBlockM>;
+  using BN = Int<kBlockN>;
+  using HD = Int<kHeadDim>;
+
+  using SdPAtomLayout = std::conditional_t<kDkvRS, Layout<Shape<_2, _1, _1>>, Layout<Shape<_1, _2, _1>>>;
+  using SdPTile = std::conditional_t<kDkvRS, Shape<_64, BM, HD>, Shape<_64, Int<kBlockM / 2>, HD>>;
+  using TiledMmaSdP = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, SdPTile, GMMA::Major::K, GMMA::Major::K>(),
+      SdPAtomLayout{}));
+
+  using DkvTile = std::conditional_t<kDkvRS, Shape<_64, HD, BM>, Shape<_64, Int<kHeadDim / 2>, BM>>;
+  using TiledMmaDkv = std::conditional_t<
+      kDkvRS,
+      decltype(make_tiled_mma(GMMA::rs_op_selector<Element, Element, float, DkvTile, GMMA::Major::K,
+                                                   GMMA::Major::MN>(),
+                              Layout<Shape<_2, _1, _1>>{})),
+      decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, DkvTile, GMMA::Major::K,
+                                                   GMMA::Major::MN>(),
+                              Layout<Shape<_1, _2, _1>>{}))>;
+
+  using DqTile = std::conditional_t<kDqSplitM, Shape<_64, HD, BN>, Shape<_64, Int<kHeadDim / 2>, BN>>;
+  using DqAtomLayout = std::conditional_t<kDqSplitM, Layout<Shape<_2, _1, _1>>, Layout<Shape<_1, _2, _1>>>;
+  using TiledMmaDq = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, DqTile, GMMA::Major::MN, GMMA::Major::MN>(),
+      DqAtomLayout{}));
+
+  // The swizzle atom of the hd-contiguous tiles must also tile the hd/2 columns a WG takes when
+  // a GEMM splits hd between the WGs (dQ for hdim != 64; dK/dV for hdim 192/256): 96 -> 48
+  // needs the 32-byte swizzle, 192 -> 96 the 64-byte one.
+  static constexpr int kHdAtom = kHeadDim == 64 ? 64 : kHeadDim / 2;
+  // Q and dO: (kBlockM, hd, stages), hd contiguous (K-major for S^T/dP^T; read transposed,
+  // MN-major, as the B operand of dK/dV).
+  using SmemLayoutQ = decltype(tile_to_shape(smem_atom_k_major<Element, kHdAtom>(),
+                                             Shape<BM, HD, Int<kStages>>{}));
+  using SmemLayoutQ1 = decltype(tile_to_shape(smem_atom_k_major<Element, kHdAtom>(), Shape<BM, HD>{}));
+  using SmemLayoutQt = decltype(composition(
+      SmemLayoutQ{}, make_layout(Shape<HD, BM, Int<kStages>>{},
+                                 Stride<BM, _1, Int<kBlockM * kHeadDim>>{})));
+  // K and V: (kBlockN, hd); K read transposed (MN-major) as the B operand of dQ.
+  using SmemLayoutK = decltype(tile_to_shape(smem_atom_k_major<Element, kHdAtom>(), Shape<BN, HD>{}));
+  using SmemLayoutKt = decltype(composition(SmemLayoutK{}, make_layout(Shape<HD, BN>{}, Stride<BN, _1>{})));
+  // dS (and P when not RS): (kBlockM, kBlockN) with the query index contiguous: MN-major A of dQ,
+  // K-major A (as dS^T) of dK.
+  using SmemLayoutdS = decltype(tile_to_shape(smem_atom_mn_major<Element, kBlockM>(), Shape<BM, BN>{}));
+  using SmemLayoutdSt = decltype(composition(SmemLayoutdS{}, make_layout(Shape<BN, BM>{}, Stride<BM, _1>{})));
+
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> dout;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> v;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>> ds;
+    alignas(1024) cute::array_aligned<Element, kDkvRS ? 8 : cosize_v<SmemLayoutdS>> p;
+    alignas(128) float dq[kDqBulk ? kBlockM * kHeadDim : 4];
+    alignas(16) float lse[kStages][kBlockM];
+    alignas(16) float dpsum[kStages][kBlockM];
+    alignas(8) uint64_t bar_kv;             // K, V landed (TMA transaction barrier)
+    alignas(8) uint64_t bar_q[kStages];     // Q, dO, LSE, dPsum of a stage landed
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+
+  // TMA: global tensors are (seq, d, heads, batch) views of the (B, S, H, D) inputs; rows past
+  // the sequence and columns past the real head dim are zero-filled by the copy engine.
+  using GmemShape = Shape<int32_t, int32_t, int32_t, int32_t>;
+  using GmemStride = Stride<int64_t, _1, int64_t, int64_t>;
+  using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemShape{}, GmemStride{}));
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutQ1{}, Shape<BM, HD>{}, _1{}));
+  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutK{}, Shape<BN, HD>{}, _1{}));
+  static constexpr uint32_t kTmaBytesQdO = 2 * kBlockM * kHeadDim * sizeof(Element) + 2 * kBlockM * sizeof(float);
+  static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Kernel arguments (a plain struct passed by value)
+// ---------------------------------------------------------------------------------------------
+
+struct BwdArgs {
+  BwdParams p;
+  float* dq_accum;
+  float* lse_log2;
+  float* dpsum;
+  int* semaphore;
+  int64_t seq_pad;
+  int n_blocks;
+  int m_blocks;
+  float scale_log2;     // softmax_scale * log2(e)             (no softcap)
+  float softcap_in;     // softmax_scale / softcap             (softcap)
+  float softcap_out;    // softcap * log2(e)                   (softcap)
+};
+
+// ---------------------------------------------------------------------------------------------
+// Small device helpers
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void cp_async_16(uint32_t smem_addr, const void* gptr, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gptr),
+               "r"(pred ? 16 : 0));
+}
+
+__device__ __forceinline__ float tanh_approx(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gdst, const float* ssrc, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gdst),
+               "r"(cast_smem_ptr_to_uint(ssrc)), "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_load_1d(void* sdst, const void* gsrc, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          cast_smem_ptr_to_uint(sdst)),
+      "l"(gsrc), "r"(bytes), "r"(cast_smem_ptr_to_uint(bar))
+      : "memory");
+}
+__device__ __forceinline__ void bulk_wait_read_all() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ int floor_div(int a, int b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// Copy a (kRows, kCols) tile of 16-bit elements, row-major with row stride `row_stride`, into a
+// (swizzled) smem tensor; rows >= rows_valid and columns >= cols_valid are zero-filled.
+template <int kRows, int kCols, int kThreads, class SmemTensor, class Element>
+__device__ __forceinline__ void load_tile_async(SmemTensor s, const Element* g, int64_t row_stride,
+                                                int rows_valid, int cols_valid) {
+  constexpr int kChunksPerRow = kCols / 8;
+  constexpr int kChunks = kRows * kChunksPerRow;
+  static_assert(kChunks % kThreads == 0, "tile must split evenly over the threads");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreads; ++i) {
+    const int c = i * kThreads + int(threadIdx.x);
+    const int r = c / kChunksPerRow;
+    const int col = (c % kChunksPerRow) * 8;
+    const bool ok = r < rows_valid && col < cols_valid;
+    const Element* src = ok ? g + r * row_stride + col : g;
+    cp_async_16(cast_smem_ptr_to_uint(&s(r, col)), src, ok);
+  }
+}
+
+// Reinterpret an SM90 fp32 accumulator layout ((2,2,V),M,N) as the RS A-operand layout
+// ((2,2,2),M,(V/2)*N) of a k=16 WGMMA: two 8-column groups of C form one 16-wide K slice of A.
+template <class Layout>
+__device__ __forceinline__ auto acc_to_a_layout(Layout l) {
+  auto l0 = get<0>(l);                          // (2,2,V)
+  auto v = logical_divide(get<2>(l0), _2{});    // (2,V/2)
+  return make_layout(make_layout(get<0>(l0), get<1>(l0), get<0>(v)), get<1>(l),
+                     coalesce(make_layout(get<1>(v), get<2>(l))));
+}
+
+// kARegs: A is a register fragment (RS WGMMA) rather than a smem descriptor.
+template <bool kZeroInit, bool kARegs = false, class TiledMma, class TA, class TB, class TC>
+__device__ __forceinline__ void wgmma_gemm(TiledMma& mma, TA const& tA, TB const& tB, TC& tC) {
+  if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(tA));
+  warpgroup_fence_operand(tC);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTLASS_PRAGMA_UNROLL
+  for (int k = 0; k < size<2>(tA); ++k) {
+    cute::gemm(mma, tA(_, _, k), tB(_, _, k), tC);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(tC);
+  if constexpr (kARegs) warpgroup_fence_operand(const_cast<TA&>(tA));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preprocess: dpsum = rowsum(dO * O) - dlse, lse_log2 = lse * log2(e) (+inf for an empty row or
+// a padding row, so that P = exp2(. - lse_log2) = 0 there). One warp per row.
+// ---------------------------------------------------------------------------------------------
+
+template <class Element>
+__global__ void __launch_bounds__(256) bwd_preprocess_kernel(BwdArgs a) {
+  const BwdParams& p = a.p;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row_global = int64_t(blockIdx.x) * 8 + warp;  // over B * Hq * seq_pad
+  const int64_t rows_total = int64_t(p.batch) * p.heads_q * a.seq_pad;
+  if (row_global >= rows_total) return;
+  const int i = int(row_global % a.seq_pad);
+  const int bh = int(row_global / a.seq_pad);
+  const int h = bh % p.heads_q, b = bh / p.heads_q;
+  float lse2 = INFINITY, dps = 0.f;
+  if (i < p.seqlen_q) {
+    const Element* o = reinterpret_cast<const Element*>(p.out) + b * p.o_batch_stride +
+                       int64_t(i) * p.o_row_stride + h * p.o_head_stride;
+    const Element* dout = reinterpret_cast<const Element*>(p.dout) + b * p.o_batch_stride +
+                          int64_t(i) * p.o_row_stride + h * p.o_head_stride;
+    float acc = 0.f;
+    for (int d = lane * 8; d < p.head_dim_v; d += 256) {
+      uint4 ov = *reinterpret_cast<const uint4*>(o + d);
+      uint4 dv = *reinterpret_cast<const uint4*>(dout + d);
+      const Element* oe = reinterpret_cast<const Element*>(&ov);
+      const Element* de = reinterpret_cast<const Element*>(&dv);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc += float(oe[e]) * float(de[e]);
+    }
+#pragma unroll
+    for (int s = 16; s > 0; s /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    const int64_t lse_idx = (int64_t(b) * p.heads_q + h) * p.seqlen_q + i;
+    const float lse = p.lse[lse_idx];
+    dps = acc - (p.dlse ? p.dlse[lse_idx] : 0.f);
+    lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+  }
+  if (lane == 0) {
+    a.lse_log2[row_global] = lse2;
+    a.dpsum[row_global] = dps;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dQ convert: dq = dq_accum * softmax_scale, to the input dtype. One thread per 8 columns.
+// ---------------------------------------------------------------------------------------------
+
+template <class Element, int kHeadDim>
+__global__ void __launch_bounds__(256) bwd_convert_dq_kernel(BwdArgs a) {
+  const BwdParams& p = a.p;
+  const int chunks = p.head_dim / 8;
+  const int64_t total = int64_t(p.batch) * p.heads_q * p.seqlen_q * chunks;
+  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int c = int(t % chunks);
+    const int64_t row = t / chunks;  // (b, h, i)
+    const int i = int(row % p.seqlen_q);
+    const int bh = int(row / p.seqlen_q);
+    const int h = bh % p.heads_q, b = bh / p.heads_q;
+    const float* src = a.dq_accum + ((int64_t(bh) * a.seq_pad + i) * kHeadDim + c * 8);
+    float4 x0 = *reinterpret_cast<const float4*>(src);
+    float4 x1 = *reinterpret_cast<const float4*>(src + 4);
+    const float s = p.softmax_scale;
+    Element out[8] = {Element(x0.x * s), Element(x0.y * s), Element(x0.z * s), Element(x0.w * s),
+                      Element(x1.x * s), Element(x1.y * s), Element(x1.z * s), Element(x1.w * s)};
+    Element* dst = reinterpret_cast<Element*>(p.dq) + b * p.q_batch_stride +
+                   int64_t(i) * p.q_row_stride + h * p.q_head_stride + c * 8;
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(out);
+  }
+}
+
+// dQ convert for the fragment-ordered tiles of the bulk path: one CTA per (query block, head,
+// batch), thread t reads the float4s it (as a main-kernel thread) wrote and knows their (row, col)
+// from the same dQ TiledMma partition.
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads) bwd_convert_dq_frag_kernel(BwdArgs a) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, kHeadDim = Traits::kHeadDim, kThreads = Traits::kThreads;
+  const BwdParams& p = a.p;
+  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  typename Traits::TiledMmaDq mma_dq;
+  auto thr_dq = mma_dq.get_slice(tid);
+  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  constexpr int kVals = decltype(size(tdQcdQ))::value;
+  static_assert(kVals % 4 == 0, "float4 chunks");
+  const float* tile = a.dq_accum + ((int64_t(b) * p.heads_q + h) * a.seq_pad + int64_t(m) * kBlockM) * kHeadDim;
+  Element* dq = reinterpret_cast<Element*>(p.dq) + b * p.q_batch_stride + h * p.q_head_stride;
+  const float scale = p.softmax_scale;
+  CUTLASS_PRAGMA_UNROLL
+  for (int v4 = 0; v4 < kVals / 4; ++v4) {
+    const float4 x = *reinterpret_cast<const float4*>(tile + (int64_t(v4) * kThreads + tid) * 4);
+    const float xs[4] = {x.x, x.y, x.z, x.w};
+    CUTLASS_PRAGMA_UNROLL
+    for (int e = 0; e < 4; e += 2) {
+      const int row = m * kBlockM + get<0>(tdQcdQ(v4 * 4 + e));
+      const int col = get<1>(tdQcdQ(v4 * 4 + e));
+      if (row < p.seqlen_q && col < p.head_dim) {
+        Element pair[2] = {Element(xs[e] * scale), Element(xs[e + 1] * scale)};
+        *reinterpret_cast<uint32_t*>(dq + int64_t(row) * p.q_row_stride + col) = *reinterpret_cast<const uint32_t*>(pair);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main kernel
+// ---------------------------------------------------------------------------------------------
+
+template <class Traits>
+struct MainArgs {
+  BwdArgs a;
+  typename Traits::TmaQ tma_q, tma_do;
+  typename Traits::TmaK tma_k, tma_v;
+};
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<Traits> const __grid_constant__ ma) {
+  const BwdArgs& a = ma.a;
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kThreads = Traits::kThreads;
+  constexpr bool kDkvRS = Traits::kDkvRS;
+  using SharedStorage = typename Traits::SharedStorage;
+
+  extern __shared__ __align__(1024) char smem_raw[];
+  SharedStorage& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
+
+  const BwdParams& p = a.p;
+  // Deterministic mode runs the key blocks right to left and adds each query block's dQ from the
+  // highest key block down ("shortest processing time first", FA3 #1893): with a causal mask the
+  // CTA that owns a query block's first turn is then always one step ahead, so nobody waits long.
+  const int n_block = p.deterministic ? a.n_blocks - 1 - int(blockIdx.x) : int(blockIdx.x);
+  const int hk = blockIdx.y;
+  const int b = blockIdx.z;
+  const int tid = threadIdx.x;
+  const int group = p.heads_q / p.heads_k;
+  const int Sq = p.seqlen_q, Sk = p.seqlen_k;
+  const int off = Sk - Sq;
+  const int wl = p.mask.window_left, wr = p.mask.window_right;
+
+  // Query blocks that can see this key block (an interval, see n_range below for the converse).
+  const int j_min = n_block * kBlockN;
+  const int j_max = min(Sk, j_min + kBlockN) - 1;
+  int m_lo = 0, m_hi = a.m_blocks - 1;
+  if (wr >= 0) {
+    const int t = j_min - off - wr;  // first query row that sees key j_min
+    m_lo = max(0, floor_div(t, kBlockM));
+    if (t > Sq - 1) m_hi = -1;
+  }
+  if (wl >= 0) {
+    const int u = j_max + wl - off;  // last query row that sees key j_max
+    m_hi = min(m_hi, floor_div(u, kBlockM));
+  }
+  const int num_m = max(0, m_hi - m_lo + 1);
+  const int total_iters = num_m * group;
+
+  Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sQt = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQt{});
+  Tensor sdO = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQ{});
+  Tensor sdOt = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQt{});
+  Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
+  Tensor sKt = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKt{});
+  Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutK{});
+  Tensor sdS = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdS{});
+  Tensor sdSt = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdSt{});
+  Tensor sPt = make_tensor(make_smem_ptr(smem.p.data()), typename Traits::SmemLayoutdSt{});
+
+  // TMA views: (seq, d, heads, batch) coordinate tensors, tiled by (block rows, hd).
+  Tensor mQ = ma.tma_q.get_tma_tensor(make_shape(Sq, p.head_dim, p.heads_q, p.batch));
+  Tensor mdO = ma.tma_do.get_tma_tensor(make_shape(Sq, p.head_dim_v, p.heads_q, p.batch));
+  Tensor mK = ma.tma_k.get_tma_tensor(make_shape(Sk, p.head_dim, p.heads_k, p.batch));
+  Tensor mV = ma.tma_v.get_tma_tensor(make_shape(Sk, p.head_dim_v, p.heads_k, p.batch));
+  Tensor gK = local_tile(mK(_, _, hk, b), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, _0{}));
+  Tensor gV = local_tile(mV(_, _, hk, b), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, _0{}));
+  auto [tKgK, tKsK] = tma_partition(ma.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+  auto [tVgV, tVsV] = tma_partition(ma.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+
+  // Thread 0 issues every load: Q, dO (TMA) and LSE, dPsum (1-D bulk) of iteration `it` (query
+  // head of the group, query block) into `stage`, all completing on bar_q[stage].
+  auto load_q_do = [&](int it, int stage) {
+    const int g = it / num_m;
+    const int m = m_lo + it % num_m;
+    const int hq = hk * group + g;
+    Tensor gQ = local_tile(mQ(_, _, hq, b), Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m, _0{}));
+    Tensor gdO = local_tile(mdO(_, _, hq, b), Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m, _0{}));
+    auto [tQgQ, tQsQ] = tma_partition(ma.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    auto [tdOgdO, tdOsdO] =
+        tma_partition(ma.tma_do, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
+    uint64_t& bar = smem.bar_q[stage];
+    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&bar, Traits::kTmaBytesQdO);
+    copy(ma.tma_q.with(bar), tQgQ, tQsQ(_, stage));
+    copy(ma.tma_do.with(bar), tdOgdO, tdOsdO(_, stage));
+    const int64_t ws_row = (int64_t(b) * p.heads_q + hq) * a.seq_pad + int64_t(m) * kBlockM;
+    bulk_load_1d(smem.lse[stage], a.lse_log2 + ws_row, kBlockM * sizeof(float), &bar);
+    bulk_load_1d(smem.dpsum[stage], a.dpsum + ws_row, kBlockM * sizeof(float), &bar);
+  };
+
+  if (tid == 0) {
+    cutlass::arch::ClusterTransactionBarrier::init(&smem.bar_kv, 1);
+    for (int s = 0; s < Traits::kStages; ++s) cutlass::arch::ClusterTransactionBarrier::init(&smem.bar_q[s], 1);
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+  if (tid == 0) {
+    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&smem.bar_kv, Traits::kTmaBytesKV);
+    copy(ma.tma_k.with(smem.bar_kv), tKgK, tKsK);
+    copy(ma.tma_v.with(smem.bar_kv), tVgV, tVsV);
+    if (total_iters > 0) load_q_do(0, 0);
+  }
+
+  typename Traits::TiledMmaSdP mma_sdp;
+  typename Traits::TiledMmaDkv mma_dkv;
+  typename Traits::TiledMmaDq mma_dq;
+  auto thr_sdp = mma_sdp.get_slice(tid);
+  auto thr_dkv = mma_dkv.get_slice(tid);
+  auto thr_dq = mma_dq.get_slice(tid);
+
+  // S^T / dP^T operands
+  Tensor tSrK = thr_sdp.make_fragment_A(thr_sdp.partition_A(sK));
+  Tensor tSrQ = thr_sdp.make_fragment_B(thr_sdp.partition_B(sQ));    // (.., stages)
+  Tensor tdPrV = thr_sdp.make_fragment_A(thr_sdp.partition_A(sV));
+  Tensor tdPrdO = thr_sdp.make_fragment_B(thr_sdp.partition_B(sdO));
+  // dV / dK operands (B: dO^T, Q^T; A from registers or P^T/dS^T in smem)
+  Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt));
+  Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt));
+  // dQ operands
+  Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
+  Tensor tdQrKt = thr_dq.make_fragment_B(thr_dq.partition_B(sKt));
+
+  Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  clear(tdVrdV);
+  clear(tdKrdK);
+  mma_dkv.accumulate_ = GMMA::ScaleOut::One;
+
+  Tensor cS = make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{});
+  Tensor tScS = thr_sdp.partition_C(cS);
+  Tensor tdSsdS = thr_sdp.partition_C(sdSt);
+  Tensor tPsP = thr_sdp.partition_C(sPt);
+
+  const float scale_log2 = a.scale_log2;
+  const float softcap_in = a.softcap_in, softcap_out = a.softcap_out;
+
+  // Bulk path: the dQ tile written to smem.dq at the end of an iteration is reduce-added into
+  // gmem by thread 0 after the next barrier (top of the next iteration, or after the loop).
+  int64_t pend_off = -1;
+  int* pend_sem = nullptr;
+  int pend_turn = 0;
+  auto flush_dq = [&]() {
+    if constexpr (Traits::kDqBulk) {
+      if (pend_off < 0) return;
+      if (p.deterministic) {
+        while (ld_acquire(pend_sem) != pend_turn) {
+        }
+      }
+      bulk_reduce_add_f32(a.dq_accum + pend_off, smem.dq, kBlockM * kHeadDim * sizeof(float));
+      if (p.deterministic) {
+        bulk_wait_all();  // the adds have landed in gmem (not only left smem) before the next turn
+        asm volatile("fence.proxy.async.global;\n" ::: "memory");
+        __threadfence();
+        atomicAdd(pend_sem, 1);
+      }
+    }
+  };
+
+  for (int it = 0; it < total_iters; ++it) {
+    const int stage = it & 1;
+    const int g = it / num_m;
+    const int m = m_lo + it % num_m;
+    const int hq = hk * group + g;
+
+    __syncthreads();  // iteration it-1 is done with dS, smem.dq and the other Q/dO stage
+    if (tid == 0) {
+      if (it + 1 < total_iters) load_q_do(it + 1, stage ^ 1);
+      flush_dq();
+    }
+    pend_off = -1;
+    if (it == 0) cutlass::arch::ClusterTransactionBarrier::wait(&smem.bar_kv, 0);
+    cutlass::arch::ClusterTransactionBarrier::wait(&smem.bar_q[stage], (it >> 1) & 1);
+
+    Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
+    Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
+    wgmma_gemm<true>(mma_sdp, tSrK, tSrQ(_, _, _, stage), tSrS);
+    wgmma_gemm<true>(mma_sdp, tdPrV, tdPrdO(_, _, _, stage), tdPrdP);
+    warpgroup_wait<0>();
+
+    // P^T and dS^T, elementwise in fp32.
+    const int row0 = m * kBlockM;
+    const bool full_block = j_min + kBlockN <= Sk &&
+                            (wr < 0 || row0 + off + wr >= j_min + kBlockN - 1) &&
+                            (wl < 0 || row0 + kBlockM - 1 + off - wl <= j_min);
+    const float* s_lse = smem.lse[stage];
+    const float* s_dpsum = smem.dpsum[stage];
+    // One pass: each fp32 S/dP value dies as soon as its 16-bit P/dS exists (register pressure).
+    Tensor rP = make_tensor_like<Element>(tSrS);
+    Tensor rdS = make_tensor_like<Element>(tdPrdP);
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(tSrS); ++i) {
+      const int jl = get<0>(tScS(i));
+      const int il = get<1>(tScS(i));
+      float pval, dtanh = 1.f;
+      if constexpr (Traits::kSoftcap) {
+        const float t = tanh_approx(tSrS(i) * softcap_in);
+        pval = exp2f(t * softcap_out - s_lse[il]);
+        dtanh = 1.f - t * t;
+      } else {
+        pval = exp2f(tSrS(i) * scale_log2 - s_lse[il]);
+      }
+      if (!full_block) {
+        const int qi = row0 + il, kj = j_min + jl;
+        const bool vis = kj < Sk && (wl < 0 || kj >= qi + off - wl) && (wr < 0 || kj <= qi + off + wr);
+        pval = vis ? pval : 0.f;
+      }
+      float ds = pval * (tdPrdP(i) - s_dpsum[il]);
+      if constexpr (Traits::kSoftcap) ds *= dtanh;
+      rP(i) = Element(pval);
+      rdS(i) = Element(ds);
+    }
+    // Pairs of accumulator values are adjacent queries: adjacent in the query-contiguous dS.
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(rdS) / 2; ++i) {
+      *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
+    }
+    if constexpr (!kDkvRS) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(rP) / 2; ++i) {
+        *reinterpret_cast<uint32_t*>(&tPsP(2 * i)) = *reinterpret_cast<const uint32_t*>(&rP(2 * i));
+      }
+    }
+    if constexpr (Traits::kDqBulk) {
+      if (tid == 0) bulk_wait_read_all();  // the previous dQ tile has left smem.dq
+    }
+    cutlass::arch::fence_view_async_shared();
+    __syncthreads();
+
+    if constexpr (kDkvRS) {
+      Tensor tdVrP = make_tensor(rP.data(), acc_to_a_layout(rP.layout()));
+      Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
+      wgmma_gemm<false, true>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
+      wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
+    } else {
+      Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt));
+      Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));
+      wgmma_gemm<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), tdVrdV);
+      wgmma_gemm<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), tdKrdK);
+    }
+    Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    wgmma_gemm<true>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);
+    warpgroup_wait<0>();
+
+    // dQ partial sums into the fp32 workspace.
+    const int64_t tile_off = ((int64_t(b) * p.heads_q + hq) * a.seq_pad + row0) * kHeadDim;
+    int* sem = a.semaphore + (int64_t(b) * p.heads_q + hq) * (a.seq_pad / 64) + m;
+    // Key blocks that see query block m form [n_lo, n_hi] (the converse of [m_lo, m_hi] above);
+    // deterministic mode adds in decreasing n.
+    int n_hi = a.n_blocks - 1;
+    if (wr >= 0) n_hi = min(n_hi, floor_div(min(Sq, row0 + kBlockM) - 1 + off + wr, kBlockN));
+    const int turn = n_hi - n_block;
+    if constexpr (Traits::kDqBulk) {
+      constexpr int kVals = decltype(size(tdQrdQ))::value;
+      static_assert(kVals % 4 == 0, "float4 chunks");
+      CUTLASS_PRAGMA_UNROLL
+      for (int v4 = 0; v4 < kVals / 4; ++v4) {
+        *reinterpret_cast<float4*>(&smem.dq[(v4 * kThreads + tid) * 4]) =
+            make_float4(tdQrdQ(4 * v4), tdQrdQ(4 * v4 + 1), tdQrdQ(4 * v4 + 2), tdQrdQ(4 * v4 + 3));
+      }
+      cutlass::arch::fence_view_async_shared();  // generic smem writes -> bulk copy (async proxy)
+      pend_off = tile_off;
+      pend_sem = sem;
+      pend_turn = turn;
+    } else {
+      Tensor gdQ = make_tensor(make_gmem_ptr(a.dq_accum + tile_off), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                               Stride<Int<kHeadDim>, _1>{});
+      Tensor tdQgdQ = thr_dq.partition_C(gdQ);
+      if (p.deterministic) {
+        if (tid == 0) {
+          while (ld_acquire(sem) != turn) {
+          }
+        }
+        __syncthreads();
+      }
+      static_assert(decltype(size<0, 0>(tdQrdQ))::value == 2, "accumulator pairs");
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tdQrdQ) / 2; ++i) {
+        atomicAdd(reinterpret_cast<float2*>(&tdQgdQ(2 * i)), make_float2(tdQrdQ(2 * i), tdQrdQ(2 * i + 1)));
+      }
+      if (p.deterministic) {
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) atomicAdd(sem, 1);
+      }
+    }
+  }
+  if constexpr (Traits::kDqBulk) {
+    __syncthreads();
+    if (tid == 0) {
+      flush_dq();
+      bulk_wait_all();  // smem must outlive the bulk read; also flushes before the convert kernel
+    }
+  }
+
+  if (total_iters == 0) cutlass::arch::ClusterTransactionBarrier::wait(&smem.bar_kv, 0);
+
+  // Epilogue: dK (scaled) and dV straight from the accumulators.
+  Tensor cKV = make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  Tensor tcKV = thr_dkv.partition_C(cKV);
+  Element* dk_ptr = reinterpret_cast<Element*>(p.dk) + b * p.k_batch_stride + hk * p.k_head_stride +
+                    int64_t(j_min) * p.k_row_stride;
+  Element* dv_ptr = reinterpret_cast<Element*>(p.dv) + b * p.v_batch_stride + hk * p.v_head_stride +
+                    int64_t(j_min) * p.v_row_stride;
+  const float scale = p.softmax_scale;
+  CUTLASS_PRAGMA_UNROLL
+  for (int i = 0; i < size(tdKrdK) / 2; ++i) {
+    const int r = get<0>(tcKV(2 * i));
+    const int c = get<1>(tcKV(2 * i));
+    if (j_min + r < Sk) {
+      if (c < p.head_dim) {
+        Element kv[2] = {Element(tdKrdK(2 * i) * scale), Element(tdKrdK(2 * i + 1) * scale)};
+        *reinterpret_cast<uint32_t*>(dk_ptr + int64_t(r) * p.k_row_stride + c) =
+            *reinterpret_cast<const uint32_t*>(kv);
+      }
+      if (c < p.head_dim_v) {
+        Element vv[2] = {Element(tdVrdV(2 * i)), Element(tdVrdV(2 * i + 1))};
+        *reinterpret_cast<uint32_t*>(dv_ptr + int64_t(r) * p.v_row_stride + c) =
+            *reinterpret_cast<const uint32_t*>(vv);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host launch for one (dtype, head dim)
+// ---------------------------------------------------------------------------------------------
+
+template <class Element, int kHeadDim>
+cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
+  const WorkspaceLayout ws(p.batch, p.heads_q, p.seqlen_q, kHeadDim);
+  char* base = static_cast<char*>(p.workspace);
+  BwdArgs a;
+  a.p = p;
+  a.dq_accum = reinterpret_cast<float*>(base + ws.dq_accum);
+  a.lse_log2 = reinterpret_cast<float*>(base + ws.lse_log2);
+  a.dpsum = reinterpret_cast<float*>(base + ws.dpsum);
+  a.semaphore = reinterpret_cast<int*>(base + ws.semaphore);
+  a.seq_pad = ws.seq_pad;
+  constexpr int kBlockM = block_m(kHeadDim), kBlockN = block_n(kHeadDim);
+  a.n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
+  a.m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  const float cap = p.mask.softcap;
+  a.scale_log2 = p.softmax_scale * kLog2e;
+  a.softcap_in = cap > 0.f ? p.softmax_scale / cap : 0.f;
+  a.softcap_out = cap * kLog2e;
+
+  cudaError_t err = cudaMemsetAsync(base + ws.zero_begin, 0, ws.zero_bytes, stream);
+  if (err != cudaSuccess) return err;
+  {
+    const int64_t rows = int64_t(p.batch) * p.heads_q * ws.seq_pad;
+    bwd_preprocess_kernel<Element><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  if (a.n_blocks > 0) {
+    auto launch_main = [&](auto traits_tag) -> cudaError_t {
+      using Traits = decltype(traits_tag);
+      auto kernel = bwd_main_kernel<Traits>;
+      constexpr int smem = Traits::kSmemBytes;
+      cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      if (e != cudaSuccess) return e;
+      using GT = typename Traits::GmemTensor;
+      auto gview = [&](const void* ptr, int seq, int d, int heads, int64_t rs, int64_t hs, int64_t bs) {
+        GT t = make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
+                           make_layout(make_shape(seq, d, heads, p.batch), make_stride(rs, _1{}, hs, bs)));
+        return t;
+      };
+      MainArgs<Traits> ma{a,
+                          make_tma_copy(SM90_TMA_LOAD{}, gview(p.q, p.seqlen_q, p.head_dim, p.heads_q, p.q_row_stride, p.q_head_stride, p.q_batch_stride),
+                                        typename Traits::SmemLayoutQ1{}, Shape<Int<Traits::kBlockM>, Int<kHeadDim>>{}, _1{}),
+                          make_tma_copy(SM90_TMA_LOAD{}, gview(p.dout, p.seqlen_q, p.head_dim_v, p.heads_q, p.o_row_stride, p.o_head_stride, p.o_batch_stride),
+                                        typename Traits::SmemLayoutQ1{}, Shape<Int<Traits::kBlockM>, Int<kHeadDim>>{}, _1{}),
+                          make_tma_copy(SM90_TMA_LOAD{}, gview(p.k, p.seqlen_k, p.head_dim, p.heads_k, p.k_row_stride, p.k_head_stride, p.k_batch_stride),
+                                        typename Traits::SmemLayoutK{}, Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{}, _1{}),
+                          make_tma_copy(SM90_TMA_LOAD{}, gview(p.v, p.seqlen_k, p.head_dim_v, p.heads_k, p.v_row_stride, p.v_head_stride, p.v_batch_stride),
+                                        typename Traits::SmemLayoutK{}, Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{}, _1{})};
+      dim3 grid(a.n_blocks, p.heads_k, p.batch);
+      kernel<<<grid, Traits::kThreads, smem, stream>>>(ma);
+      return cudaGetLastError();
+    };
+    if (cap > 0.f) {
+      err = launch_main(BwdTraits<Element, kHeadDim, true>{});
+    } else {
+      err = launch_main(BwdTraits<Element, kHeadDim, false>{});
+    }
+    if (err != cudaSuccess) return err;
+  }
+  using ConvTraits = BwdTraits<Element, kHeadDim, false>;
+  if constexpr (ConvTraits::kDqBulk) {
+    dim3 grid(a.m_blocks, p.heads_q, p.batch);
+    bwd_convert_dq_frag_kernel<ConvTraits><<<grid, ConvTraits::kThreads, 0, stream>>>(a);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  } else {
+    const int64_t total = int64_t(p.batch) * p.heads_q * p.seqlen_q * (p.head_dim / 8);
+    if (total > 0) {
+      const int blocks = int(std::min<int64_t>((total + 255) / 256, int64_t(p.num_sms > 0 ? p.num_sms : 132) * 16));
+      bwd_convert_dq_kernel<Element, kHeadDim><<<blocks, 256, 0, stream>>>(a);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+  }
+  return cudaSuccess;
+}
+
+}  // namespace bwd_sm90
+}  // namespace jax_flash3

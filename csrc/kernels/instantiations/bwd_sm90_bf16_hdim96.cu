@@ -1,0 +1,12 @@
+// jax_flash3 Hopper backward instantiation: bf16, head dim 96 (serves D <= 96).
+#include "kernels/hopper/bwd_api.h"
+#include "kernels/hopper/bwd_kernel.h"
+
+namespace jax_flash3 {
+
+template <>
+cudaError_t run_bwd_sm90_hdim<DType::kBF16, 96>(const BwdParams& p, cudaStream_t stream) {
+  return bwd_sm90::launch_bwd<cutlass::bfloat16_t, 96>(p, stream);
+}
+
+}  // namespace jax_flash3
