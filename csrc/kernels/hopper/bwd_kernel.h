@@ -499,6 +499,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
   int64_t pend_off = -1;
   int* pend_sem = nullptr;
   int pend_turn = 0;
+  // Deterministic mode: the semaphore of the tile last reduced, released only once its adds have
+  // landed. Thread 0 waits for that late (mid-iteration), so WG0's WGMMAs do not stall on the
+  // round trip right after the reduce is issued.
+  int* release_sem = nullptr;
+  auto release_dq = [&]() {
+    if (release_sem != nullptr) {
+      bulk_wait_all();  // the adds have landed in gmem (not only left smem) before the next turn
+      asm volatile("fence.proxy.async.global;\n" ::: "memory");
+      __threadfence();
+      atomicAdd(release_sem, 1);
+      release_sem = nullptr;
+    }
+  };
   auto flush_dq = [&]() {
     if constexpr (Traits::kDqBulk) {
       if (pend_off < 0) return;
@@ -507,12 +520,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
         }
       }
       bulk_reduce_add_f32(a.dq_accum + pend_off, smem.dq, kBlockM * kHeadDim * sizeof(float));
-      if (p.deterministic) {
-        bulk_wait_all();  // the adds have landed in gmem (not only left smem) before the next turn
-        asm volatile("fence.proxy.async.global;\n" ::: "memory");
-        __threadfence();
-        atomicAdd(pend_sem, 1);
-      }
+      if (p.deterministic) release_sem = pend_sem;
     }
   };
 
@@ -581,7 +589,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
       }
     }
     if constexpr (Traits::kDqBulk) {
-      if (tid == 0) bulk_wait_read_all();  // the previous dQ tile has left smem.dq
+      if (tid == 0) {
+        release_dq();          // deterministic: the previous tile's turn is over
+        bulk_wait_read_all();  // the previous dQ tile has left smem.dq
+      }
     }
     cutlass::arch::fence_view_async_shared();
     __syncthreads();
@@ -648,6 +659,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
     __syncthreads();
     if (tid == 0) {
       flush_dq();
+      release_dq();
       bulk_wait_all();  // smem must outlive the bulk read; also flushes before the convert kernel
     }
   }

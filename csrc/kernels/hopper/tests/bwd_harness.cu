@@ -6,9 +6,16 @@
 // Timing: FA3 grid (16k tokens: batch = 16384 / seq, heads = 2048 / hdim), cudaEvents, warm-up,
 // median of 10; bwd TFLOPs/s = 2.5 * 4 * B * H * S^2 * D / t (halved when causal).
 //
-// Build (see build-bwd/): nvcc ... -DJAX_FLASH3_HAS_BWD_SM90_BF16_HDIM128 ... bwd_harness.cu
-//   ../bwd_sm90.cu <instantiation objects>
-// Usage: bwd_harness [check|bench|all] (default all)
+// Build (from the repo root; NVF = the CMake flags):
+//   NVF="-gencode=arch=compute_90a,code=sm_90a -O3 --use_fast_math --expt-relaxed-constexpr -std=c++17
+//        -DNDEBUG -DCUTLASS_DEBUG_TRACE_LEVEL=0 -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+//        -I<cutlass_library>/source/include -Icsrc"
+//   HAS="-DJAX_FLASH3_HAS_BWD_SM90_BF16_HDIM128 ..."   (one per instantiation linked in)
+//   nvcc $NVF -c csrc/kernels/instantiations/bwd_sm90_bf16_hdim128.cu -o build-bwd/t128.o
+//   nvcc $NVF $HAS -c csrc/kernels/hopper/bwd_sm90.cu -o build-bwd/bwd_sm90.o
+//   nvcc $NVF $HAS csrc/kernels/hopper/tests/bwd_harness.cu build-bwd/bwd_sm90.o build-bwd/t128.o
+//        -o build-bwd/bwd_harness
+// Usage: bwd_harness [check|bench|all] (default all) | bwd_harness one D S causal det
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
