@@ -37,8 +37,10 @@ def _candidates() -> list[pathlib.Path]:
     paths = []
     if os.environ.get(ENV_LIBRARY):
         paths.append(pathlib.Path(os.environ[ENV_LIBRARY]))
-    here = pathlib.Path(__file__).resolve().parent
-    paths.append(here / LIBRARY_NAME)
+    here = pathlib.Path(__file__).parent
+    paths.append(here / LIBRARY_NAME)  # where an install (wheel, Bazel runfiles) puts it
+    if here.resolve() != here:
+        paths.append(here.resolve() / LIBRARY_NAME)  # a symlinked tree's source directory
     return paths
 
 
