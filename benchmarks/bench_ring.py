@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -39,24 +37,8 @@ except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     import jax_flash3
 
-
-def flops_fwd(b, h, s, d, causal):
-    f = 4.0 * b * h * s * s * d
-    return f / 2 if causal else f
-
-
-def timeit(fn, *args, calls=10, repeats=5):
-    jax.block_until_ready(fn(*args))  # compile + warm up
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = None
-        for _ in range(calls):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / calls)
-    return statistics.median(times)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_attention import flops_fwd, timeit  # noqa: E402  (one timing method for all benchmarks)
 
 
 def with_vjp(attend):
