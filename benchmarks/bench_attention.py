@@ -7,6 +7,12 @@ function runs under jit as 10 back-to-back calls; the median of 5 such repeats i
 
     python3 benchmarks/bench_attention.py --out results.json
     python3 benchmarks/bench_attention.py --hdims 128 --seqs 4096 16384 --causal 0
+    python3 benchmarks/bench_attention.py --fp8 --no-bwd    # + the FP8 forward (issue 7)
+
+With ``--fp8`` two forward-only columns join (same FLOP formula): ``fp8`` runs float8_e4m3fn
+inputs quantized beforehand (per-128-row block scales for q/k, per-head for v: the kernel alone),
+``fp8q`` runs ``precision="fp8"`` on the bf16 inputs (Hadamard rotation + quantization inside the
+timed call, as a model would).
 """
 
 from __future__ import annotations
@@ -69,6 +75,23 @@ def bench_one(name, attn, q, k, v, do, fl, with_bwd=True):
     return row
 
 
+def bench_fp8(q, k, v, fl, causal, implementation):
+    """Forward-only FP8 rows: pre-quantized inputs (``fp8``) and ``precision="fp8"`` (``fp8q``)."""
+    from jax_flash3 import fp8
+
+    q8, qd = fp8.quantize(q)
+    k8, kd = fp8.quantize(k)
+    v8, vd = fp8.quantize(v, granularity="head")
+    quantized = lambda q8, k8, v8: jax_flash3.flash_attention(
+        q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=causal,
+        implementation=implementation)
+    row = bench_one("fp8", quantized, q8, k8, v8, None, fl, with_bwd=False)
+    inside = lambda q, k, v: jax_flash3.flash_attention(
+        q, k, v, causal=causal, precision="fp8", implementation=implementation)
+    row.update(bench_one("fp8q", inside, q, k, v, None, fl, with_bwd=False))
+    return row
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hdims", type=int, nargs="+", default=[64, 128, 256])
@@ -80,6 +103,7 @@ def main(argv=None):
     ap.add_argument("--no-bwd", action="store_true")
     ap.add_argument("--no-cudnn", action="store_true")
     ap.add_argument("--implementation", default="cuda")
+    ap.add_argument("--fp8", action="store_true", help="also time the FP8 forward (fp8, fp8q)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
 
@@ -107,10 +131,15 @@ def main(argv=None):
                     peer = lambda q, k, v, c=bool(causal): jax.nn.dot_product_attention(
                         q, k, v, is_causal=c, implementation="cudnn")
                     row.update(bench_one("cudnn", peer, q, k, v, do, fl, not args.no_bwd))
+                if args.fp8:
+                    row.update(bench_fp8(q, k, v, fl, bool(causal), args.implementation))
                 rows.append(row)
                 f = lambda key: f"{row[key]:8.1f}" if key in row else f"{'err':>8}"
+                fp8_cols = (f" | fp8 {f('fp8_fwd_tflops')} fp8q {f('fp8q_fwd_tflops')} "
+                            f"({row.get('fp8_fwd_tflops', 0) / row.get('jf3_fwd_tflops', float('inf')):.2f}x bf16)"
+                            if args.fp8 else "")
                 print(f"{d:>4} {s:>6} {causal:>1} | {f('jf3_fwd_tflops')} {f('cudnn_fwd_tflops'):>9} | "
-                      f"{f('jf3_bwd_tflops')} {f('cudnn_bwd_tflops'):>9}", flush=True)
+                      f"{f('jf3_bwd_tflops')} {f('cudnn_bwd_tflops'):>9}{fp8_cols}", flush=True)
                 for kk in row:
                     if kk.endswith("_error"):
                         print(f"    {kk}: {row[kk]}", flush=True)

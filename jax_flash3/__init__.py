@@ -6,7 +6,7 @@
 
 from jax_flash3._config import AttentionConfig
 from jax_flash3.attention import UnsupportedError, flash_attention, make_config
-from jax_flash3 import reference
+from jax_flash3 import fp8, reference
 from jax_flash3.ring import from_zigzag, ring_attention, ring_schedule, to_zigzag
 from jax_flash3._ffi import available as cuda_available, unavailable_reason as cuda_unavailable_reason
 
@@ -18,6 +18,7 @@ __all__ = [
     "cuda_available",
     "cuda_unavailable_reason",
     "flash_attention",
+    "fp8",
     "from_zigzag",
     "make_config",
     "reference",

@@ -26,6 +26,8 @@ TARGETS = {
     "jax_flash3_fwd": "jax_flash3_fwd",
     "jax_flash3_bwd": "jax_flash3_bwd",
 }
+# Registered when the library has it (a library built before FP8 existed lacks the symbol).
+FP8_TARGET = "jax_flash3_fwd_fp8"
 
 _DTYPE_CODES = {jnp.dtype(jnp.bfloat16): 0, jnp.dtype(jnp.float16): 1}
 CUDA_DTYPES = tuple(_DTYPE_CODES)
@@ -68,10 +70,27 @@ def _load():
         except Exception as e:  # a jaxlib without the CUDA plugin cannot register CUDA targets
             tried.append(f"{path} (registering FFI targets failed: {e})")
             continue
+        _state["fp8"] = _register_fp8(lib)
         _state["lib"] = lib
         _state["path"] = path
         return lib
     _state["error"] = "jax_flash3's CUDA library was not found or did not load: " + "; ".join(tried)
+    return None
+
+
+def _register_fp8(lib) -> str | None:
+    """Register the FP8 forward target; None on success, else why FP8 cannot run on CUDA."""
+    try:
+        handler = getattr(lib, FP8_TARGET)
+        ws = getattr(lib, "jax_flash3_fwd_fp8_workspace_bytes")
+    except AttributeError:
+        return "this build of jax_flash3's CUDA library has no FP8 forward (rebuild it)"
+    ws.restype = ctypes.c_size_t
+    ws.argtypes = [ctypes.c_int] * 9
+    try:
+        jax.ffi.register_ffi_target(FP8_TARGET, jax.ffi.pycapsule(handler), platform="CUDA")
+    except Exception as e:  # noqa: BLE001
+        return f"registering the FP8 FFI target failed: {e}"
     return None
 
 
@@ -103,6 +122,14 @@ def unavailable_reason() -> str | None:
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+def fp8_unavailable_reason() -> str | None:
+    """None when the CUDA FP8 forward can run here; otherwise a one-line reason."""
+    why = unavailable_reason()
+    if why is not None:
+        return why
+    return _state.get("fp8")
 
 
 def _dims(q, k, v):
@@ -159,3 +186,25 @@ def bwd(q, k, v, out, lse, dout, dlse, cfg: AttentionConfig):
         deterministic=bool(cfg.deterministic), **_attrs(cfg),
     )
     return dq, dk, dv
+
+
+def fwd_fp8(q, k, v, q_descale, k_descale, v_descale, cfg: AttentionConfig):
+    """CUDA FP8 forward: float8_e4m3fn q/k/v with float32 descales normalized to
+    ``(B, Hq, ceil(Sq/128))``, ``(B, Hk, ceil(Sk/128))`` and ``(B, Hk)``; returns
+    ``(out (B, Sq, Hq, Dv) bfloat16, lse f32 (B, Hq, Sq))``."""
+    lib = _load()
+    b, sq, sk, hq, hk, d, dv = _dims(q, k, v)
+    ws = int(lib.jax_flash3_fwd_fp8_workspace_bytes(
+        b, sq, sk, hq, hk, d, dv, cfg.window_left, cfg.window_right))
+    out_types = (
+        jax.ShapeDtypeStruct((b, sq, hq, dv), jnp.bfloat16),
+        jax.ShapeDtypeStruct((b, hq, sq), jnp.float32),
+        jax.ShapeDtypeStruct((max(ws, 16),), jnp.uint8),
+    )
+    call = jax.ffi.ffi_call(FP8_TARGET, out_types, vmap_method="broadcast_all")
+    out, lse, _ = call(
+        q, k, v,
+        q_descale.astype(jnp.float32), k_descale.astype(jnp.float32), v_descale.astype(jnp.float32),
+        **_attrs(cfg),
+    )
+    return out, lse

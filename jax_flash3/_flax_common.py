@@ -108,6 +108,7 @@ def attend(
     softmax_scale: float | None = None,
     implementation: str = "auto",
     deterministic_backward: bool = False,
+    fp8: bool = False,
     dtype: Any = None,
     is_causal_top_left: bool = False,
     where: str = "jax_flash3",
@@ -119,7 +120,10 @@ def attend(
     (a ``tril`` mask, top-left aligned). It equals our bottom-right causal when Sq == Sk, is the
     window ``(-1, Sq - Sk)`` when Sq > Sk, and cannot be expressed when Sq < Sk (our windows are
     relative to the bottom-right diagonal and a right bound must be >= 0), so it is refused there.
+    ``fp8``: ``flash_attention(precision="fp8")`` (FP8 forward, backward in the compute dtype).
     """
+    if not isinstance(fp8, (bool, jnp.bool_)):
+        raise TypeError(f"{where}: fp8 must be a bool, got {type(fp8).__name__}")
     if query.ndim < 3 or key.ndim != query.ndim or value.ndim != query.ndim:
         raise ValueError(
             f"{where}: query, key and value must have shape (*batch, length, heads, head_dim) with "
@@ -161,5 +165,6 @@ def attend(
         softmax_scale=softmax_scale,
         deterministic=deterministic_backward,
         implementation=implementation,
+        precision="fp8" if fp8 else None,
     )
     return out.reshape(*batch, *out.shape[1:])

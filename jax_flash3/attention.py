@@ -14,6 +14,8 @@ from jax_flash3._config import IMPLEMENTATIONS, AttentionConfig
 
 MAX_HEAD_DIM = 256
 REFERENCE_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+FP8_DTYPE = jnp.dtype(jnp.float8_e4m3fn)
+PRECISIONS = (None, "default", "fp8")
 
 
 class UnsupportedError(ValueError, RuntimeError):
@@ -27,7 +29,7 @@ def _is_array(x) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "ndim")
 
 
-def _check_arrays(q, k, v) -> None:
+def _check_arrays(q, k, v, allow_fp8: bool = False) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not _is_array(x):
             raise TypeError(f"{name} must be an array, got {type(x).__name__}")
@@ -41,10 +43,10 @@ def _check_arrays(q, k, v) -> None:
             "q, k and v must share one dtype, got "
             + ", ".join(f"{n}={d.name}" for n, d in dtypes.items())
         )
-    if dtypes["q"] not in REFERENCE_DTYPES:
+    if dtypes["q"] not in REFERENCE_DTYPES and not (allow_fp8 and dtypes["q"] == FP8_DTYPE):
         raise TypeError(
-            f"q/k/v dtype must be bfloat16 or float16 (float32 on the reference path), "
-            f"got {dtypes['q'].name}"
+            f"q/k/v dtype must be bfloat16 or float16 (float32 on the reference path; "
+            f"float8_e4m3fn with descales, forward only), got {dtypes['q'].name}"
         )
     b, sq, hq, d = q.shape
     bk, sk, hk, dk = k.shape
@@ -105,12 +107,12 @@ def _parse_window(window, causal: bool) -> tuple[int, int]:
     return left, right
 
 
-def _resolve_implementation(implementation: str, q, v) -> str:
+def _resolve_implementation(implementation: str, q, v, fp8: bool = False) -> str:
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "reference":
         return "reference"
-    why = _cuda_blocker(q, v)
+    why = _fp8_cuda_blocker(q, v) if fp8 else _cuda_blocker(q, v)
     if why is None:
         return "cuda"
     if implementation == "cuda":
@@ -148,6 +150,18 @@ def _cuda_blocker(q, v) -> str | None:
     return None
 
 
+def _fp8_cuda_blocker(q, v) -> str | None:
+    d, dv = q.shape[-1], v.shape[-1]
+    if d % 8 or d != dv:
+        return f"the FP8 kernel needs equal head dims of q/k and v, multiples of 8; got {d} and {dv}"
+    why = _ffi.fp8_unavailable_reason()
+    if why is not None:
+        return why
+    if not _on_gpu(q):
+        return "the inputs do not live on a GPU"
+    return None
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _attention(q, k, v, cfg: AttentionConfig):
     return _sharding.fwd(q, k, v, cfg)
@@ -178,9 +192,13 @@ def make_config(
     softcap: float | None = None,
     deterministic: bool = False,
     implementation: str = "auto",
+    fp8: bool = False,
 ) -> AttentionConfig:
-    """Validate arguments exactly as ``flash_attention`` does and return the resolved config."""
-    _check_arrays(q, k, v)
+    """Validate arguments exactly as ``flash_attention`` does and return the resolved config.
+
+    ``fp8=True`` resolves the implementation for the FP8 forward kernel (``jax_flash3.fp8``).
+    """
+    _check_arrays(q, k, v, allow_fp8=fp8)
     for name, flag in (("causal", causal), ("deterministic", deterministic)):
         if not isinstance(flag, (bool, jnp.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
@@ -197,7 +215,7 @@ def make_config(
         if not math.isfinite(cap) or cap <= 0:
             raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
     left, right = _parse_window(window, bool(causal))
-    impl = _resolve_implementation(implementation, q, v)
+    impl = _resolve_implementation(implementation, q, v, fp8=bool(fp8))
     return AttentionConfig(
         auto=implementation == "auto",
         softmax_scale=scale,
@@ -221,6 +239,10 @@ def flash_attention(
     return_lse: bool = False,
     deterministic: bool = False,
     implementation: str = "auto",
+    precision: str | None = None,
+    q_descale=None,
+    k_descale=None,
+    v_descale=None,
 ):
     """Scaled dot-product attention, FlashAttention-3 style, in jax.nn.dot_product_attention's layout.
 
@@ -244,12 +266,22 @@ def flash_attention(
       implementation: ``"auto"`` (the CUDA kernels when the inputs live on an sm_90 GPU and the
         config is supported, else the pure-JAX reference path), ``"cuda"`` (raise
         ``UnsupportedError`` saying why it cannot run) or ``"reference"``.
+      precision: ``None``/``"default"`` computes in the inputs' dtype; ``"fp8"`` quantizes
+        bfloat16/float16/float32 inputs to float8_e4m3fn inside the call (q and k per block of 128
+        rows after a random-sign Hadamard rotation, v per head) and runs the FP8 forward kernel;
+        its gradient is ordinary attention's at the unquantized inputs, from the backward kernel
+        of the inputs' precision. ``jax_flash3.fp8.attention`` exposes the knobs.
+      q_descale, k_descale, v_descale: for float8_e4m3fn q/k/v only: float32 factors that turn
+        the stored values into real ones (``q = q8 * q_descale``). Shapes: ``()``, per (batch,
+        head) ``(B, H)``, or for q and k per block of 128 rows ``(B, H, ceil(S/128))``; v per
+        (batch, KV head) at most. See ``jax_flash3.fp8``; ``jax_flash3.fp8.quantize`` makes them.
 
     Returns:
       ``out (B, Sq, Hq, Dv)`` in q's dtype, or ``(out, lse)`` if ``return_lse``. A query row that
       sees no key gets output 0 and lse ``-inf`` (and zero gradients).
 
-    Supported dtypes: bfloat16 and float16 (both paths), float32 (reference path). Head dims up
+    Supported dtypes: bfloat16 and float16 (both paths), float32 (reference path),
+    float8_e4m3fn with descales (forward only; the output is bfloat16). Head dims up
     to 256 (multiples of 8 on the CUDA path). Differentiable in q, k, v (``jax.custom_vjp`` with
     residuals ``(q, k, v, out, lse)``); works under ``jit``, ``grad``, ``vmap`` and ``checkpoint``.
 
@@ -261,11 +293,29 @@ def flash_attention(
     """
     if not isinstance(return_lse, (bool, jnp.bool_)):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    cfg = make_config(
-        q, k, v,
-        causal=causal, softmax_scale=softmax_scale, window=window, softcap=softcap,
-        deterministic=deterministic, implementation=implementation,
-    )
+    if not isinstance(precision, (str, type(None))) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    kwargs = dict(causal=causal, softmax_scale=softmax_scale, window=window, softcap=softcap,
+                  deterministic=deterministic, implementation=implementation)
+    descales = {"q_descale": q_descale, "k_descale": k_descale, "v_descale": v_descale}
+    if all(_is_array(x) and jnp.dtype(x.dtype) == FP8_DTYPE for x in (q, k, v)):
+        from jax_flash3 import fp8  # noqa: PLC0415 (fp8 imports this module)
+
+        cfg = make_config(q, k, v, fp8=True, **kwargs)
+        out, lse = fp8.attention_quantized(q, k, v, q_descale, k_descale, v_descale, cfg)
+        return (out, lse) if return_lse else out
+    given = [name for name, x in descales.items() if x is not None]
+    if given:
+        dtype = jnp.dtype(q.dtype).name if _is_array(q) else type(q).__name__
+        raise ValueError(
+            f"{', '.join(given)} apply only to float8_e4m3fn q/k/v, got {dtype} inputs "
+            "(precision=\"fp8\" quantizes bfloat16/float16 inputs itself)"
+        )
+    if precision == "fp8":
+        from jax_flash3 import fp8  # noqa: PLC0415
+
+        return fp8.attention(q, k, v, return_lse=return_lse, **kwargs)
+    cfg = make_config(q, k, v, **kwargs)
     out, lse = _attention(q, k, v, cfg)
     return (out, lse) if return_lse else out
 

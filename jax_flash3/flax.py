@@ -47,6 +47,7 @@ def make_attention_fn(
     softmax_scale: float | None = None,
     implementation: str = "auto",
     deterministic_backward: bool = False,
+    fp8: bool = False,
 ) -> Callable[..., Any]:
     """An ``attention_fn`` for ``nn.MultiHeadDotProductAttention`` (or ``nnx.MultiHeadAttention``)
     that runs ``jax_flash3.flash_attention`` with this configuration.
@@ -73,6 +74,8 @@ def make_attention_fn(
       implementation: ``"auto"``, ``"cuda"`` or ``"reference"``.
       deterministic_backward: bit-reproducible backward on the CUDA path (``flash_attention``'s
         ``deterministic``; flax's ``deterministic`` means "no dropout").
+      fp8: FP8 forward (``flash_attention(precision="fp8")``: q/k/v quantized to e4m3 inside the
+        call); the backward runs in the compute dtype.
     """
 
     def attention_fn(
@@ -131,6 +134,7 @@ def make_attention_fn(
             softmax_scale=softmax_scale,
             implementation=implementation,
             deterministic_backward=deterministic_backward,
+            fp8=fp8,
             dtype=dtype,
             is_causal_top_left=bool(is_causal),
             where=where,
@@ -170,6 +174,7 @@ class MultiHeadAttention(nn.Module):
         pure-JAX path), ``"cuda"`` or ``"reference"``.
       deterministic_backward: bit-reproducible backward on the CUDA path (flax's
         ``deterministic`` keeps its meaning: no dropout).
+      fp8: FP8 forward (``flash_attention(precision="fp8")``); backward in the compute dtype.
 
     Refused with ``ValueError``: a ``mask`` array (use ``causal``/``window``), ``dropout_rate > 0``
     unless deterministic, ``decode=True``, ``sow_weights=True``. ``force_fp32_for_softmax`` and
@@ -204,6 +209,7 @@ class MultiHeadAttention(nn.Module):
     softmax_scale: float | None = None
     implementation: str = "auto"
     deterministic_backward: bool = False
+    fp8: bool = False
 
     @nn.compact
     def __call__(
@@ -285,6 +291,7 @@ class MultiHeadAttention(nn.Module):
             softmax_scale=self.softmax_scale,
             implementation=self.implementation,
             deterministic_backward=self.deterministic_backward,
+            fp8=self.fp8,
             dtype=self.dtype,
             where=where,
         )

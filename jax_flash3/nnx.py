@@ -50,6 +50,7 @@ class MultiHeadAttention(nnx.Module):
       implementation: ``"auto"``, ``"cuda"`` or ``"reference"``.
       deterministic_backward: bit-reproducible backward on the CUDA path (``deterministic``
         keeps flax's meaning: no dropout).
+      fp8: FP8 forward (``flash_attention(precision="fp8")``); backward in the compute dtype.
 
     Refused with ``ValueError``: a ``mask`` array, dropout with ``deterministic=False``,
     ``decode=True``, ``sow_weights=True``, ``input_positions`` (flax's RoPE-in-attention hook).
@@ -87,6 +88,7 @@ class MultiHeadAttention(nnx.Module):
         softmax_scale: float | None = None,
         implementation: str = "auto",
         deterministic_backward: bool = False,
+        fp8: bool = False,
         rngs: nnx.Rngs,
     ):
         where = "jax_flash3.nnx.MultiHeadAttention"
@@ -120,6 +122,7 @@ class MultiHeadAttention(nnx.Module):
         self.softmax_scale = softmax_scale
         self.implementation = implementation
         self.deterministic_backward = deterministic_backward
+        self.fp8 = fp8
         self.head_dim = self.qkv_features // num_heads
 
         # Submodules in flax's creation order, so one nnx.Rngs seed gives both the same params.
@@ -238,6 +241,7 @@ class MultiHeadAttention(nnx.Module):
             softmax_scale=self.softmax_scale,
             implementation=self.implementation,
             deterministic_backward=self.deterministic_backward,
+            fp8=self.fp8,
             dtype=self.dtype,
             is_causal_top_left=bool(is_causal),
             where=where,

@@ -1,0 +1,400 @@
+"""FP8 attention forward: e4m3 quantization with block scales, Hadamard incoherent processing.
+
+Two ways in:
+
+* **Already quantized inputs.** ``flash_attention(q8, k8, v8, q_descale=..., k_descale=...,
+  v_descale=...)`` with ``float8_e4m3fn`` q/k/v. The real values are ``q8 * q_descale`` (broadcast
+  as below); the output is bfloat16. Forward only: gradients through float8 inputs are refused.
+* **Quantize inside ``jit``.** ``flash_attention(q, k, v, precision="fp8")`` (or
+  :func:`attention` for the knobs) on bfloat16/float16/float32 inputs: q and k get a random-sign
+  Hadamard rotation along the head dim (it leaves ``q @ k.T`` unchanged and spreads outliers over
+  the row), then q and k are quantized per block of 128 rows and v per (batch, head); the FP8
+  kernel runs the forward. **Training:** the gradient is that of ordinary attention at the
+  *unquantized* inputs, computed by the bf16/fp16 backward kernel from the FP8 forward's output
+  and log-sum-exp (a straight-through estimator for the quantization).
+
+Descale shapes (``B`` batch, ``Hq``/``Hk`` query/KV heads, ``nq = ceil(Sq / 128)``,
+``nk = ceil(Sk / 128)``; ``SCALE_BLOCK = 128`` rows per block scale):
+
+==============  =========================================================================
+``q_descale``   ``()``, ``(B, Hq)``, ``(B, Hk)``, ``(B, Hq, nq)`` or ``(B, Hk, nq)`` (a KV-head
+                scale applies to every query head of its group)
+``k_descale``   ``()``, ``(B, Hk)`` or ``(B, Hk, nk)``
+``v_descale``   ``()`` or ``(B, Hk)`` (it folds into the final softmax normalization, so it is
+                per head, not per block)
+==============  =========================================================================
+
+Every descale must be finite and > 0 (checked when the value is concrete). ``None`` means 1.
+
+The kernel: q·k descales fold into the softmax scale, the v descale into the final 1/l; P is
+rounded to e4m3 for the PV product (as the FP8 tensor cores need). The pure-JAX path (CPU, or no
+Hopper GPU) dequantizes and runs the float32 reference, so it has the input quantization error
+but not P's.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jax_flash3 import _ffi, _sharding
+from jax_flash3._config import AttentionConfig
+from jax_flash3.reference import reference_fwd
+
+E4M3 = jnp.dtype(jnp.float8_e4m3fn)
+E4M3_MAX = 448.0
+SCALE_BLOCK = 128
+GRANULARITIES = ("block", "head", "tensor")
+
+_F32 = jnp.float32
+_HI = lax.Precision.HIGHEST
+
+__all__ = [
+    "E4M3",
+    "E4M3_MAX",
+    "GRANULARITIES",
+    "SCALE_BLOCK",
+    "attention",
+    "dequantize",
+    "hadamard_matrix",
+    "quantize",
+    "random_signs",
+    "rotate",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantization
+# ------------------------------------------------------------------------------------------------
+
+
+def _num_blocks(s: int) -> int:
+    return -(-s // SCALE_BLOCK)
+
+
+def _check_bshd(name: str, x) -> None:
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have rank 4 (batch, seq, heads, head_dim), got shape {tuple(x.shape)}")
+
+
+def quantize(x, *, granularity: str = "block"):
+    """Quantize ``x (B, S, H, D)`` to float8_e4m3fn with scales: ``x ≈ x8 * descale``.
+
+    Args:
+      x: a floating array ``(B, S, H, D)``.
+      granularity: ``"block"`` (one scale per 128 rows of each (batch, head): descale
+        ``(B, H, ceil(S/128))``), ``"head"`` (``(B, H)``) or ``"tensor"`` (``()``).
+
+    Returns:
+      ``(x8, descale)``: ``x8`` float8_e4m3fn ``(B, S, H, D)`` and a float32 descale of the shape
+      above, each block's absolute maximum mapped to 448 (all-zero blocks get descale 1).
+
+    Example::
+
+      q8, q_descale = jax_flash3.fp8.quantize(q)
+      k8, k_descale = jax_flash3.fp8.quantize(k)
+      v8, v_descale = jax_flash3.fp8.quantize(v, granularity="head")
+      out = jax_flash3.flash_attention(q8, k8, v8, q_descale=q_descale, k_descale=k_descale,
+                                       v_descale=v_descale)
+    """
+    _check_bshd("x", x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x must be a floating array, got {jnp.dtype(x.dtype).name}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    b, s, h, d = x.shape
+    xa = jnp.abs(x.astype(_F32))
+    if granularity == "tensor":
+        amax = xa.max()
+    elif granularity == "head":
+        amax = xa.max(axis=(1, 3))  # (B, H)
+    else:
+        n = _num_blocks(s)
+        pad = n * SCALE_BLOCK - s
+        if pad:
+            xa = jnp.pad(xa, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        amax = xa.reshape(b, n, SCALE_BLOCK, h, d).max(axis=(2, 4)).transpose(0, 2, 1)  # (B, H, n)
+    # Non-finite inputs would poison the scale; keep them visible in x8 instead (NaN).
+    descale = jnp.where((amax > 0) & jnp.isfinite(amax), amax / E4M3_MAX, 1.0).astype(_F32)
+    scaled = x.astype(_F32) / _broadcast_rows(descale, s, h)
+    x8 = jnp.clip(scaled, -E4M3_MAX, E4M3_MAX).astype(E4M3)
+    return x8, descale
+
+
+def _broadcast_rows(descale, s: int, h: int):
+    """A descale of shape (), (B, H) or (B, H, n) as an array broadcastable to (B, S, H, D)."""
+    if descale.ndim == 0:
+        return descale
+    if descale.ndim == 2:
+        return descale[:, None, :, None]
+    rows = jnp.repeat(descale, SCALE_BLOCK, axis=2)[:, :, :s]  # (B, H, S)
+    return rows.transpose(0, 2, 1)[..., None]
+
+
+def dequantize(x8, descale):
+    """float32 ``x8 * descale`` for a descale shaped as :func:`quantize` returns."""
+    _check_bshd("x8", x8)
+    descale = jnp.asarray(descale, _F32)
+    b, s, h, _ = x8.shape
+    if descale.ndim == 3 and descale.shape != (b, h, _num_blocks(s)):
+        raise ValueError(f"descale must have shape {(b, h, _num_blocks(s))}, got {descale.shape}")
+    if descale.ndim == 2 and descale.shape != (b, h):
+        raise ValueError(f"descale must have shape {(b, h)}, got {descale.shape}")
+    if descale.ndim not in (0, 2, 3):
+        raise ValueError(f"descale must have rank 0, 2 or 3, got shape {descale.shape}")
+    return x8.astype(_F32) * _broadcast_rows(descale, s, h)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hadamard incoherent processing
+# ------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _hadamard_np(d: int) -> np.ndarray:
+    p = d & -d  # the largest power of two dividing d: a block-diagonal Sylvester matrix
+    h = np.ones((1, 1))
+    while h.shape[0] < p:
+        h = np.block([[h, h], [h, -h]])
+    return np.kron(np.eye(d // p), h) / math.sqrt(p)
+
+
+def hadamard_matrix(d: int):
+    """Orthonormal ``(d, d)`` Walsh-Hadamard matrix (block-diagonal when d is not a power of 2)."""
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"d must be a positive int, got {d!r}")
+    return jnp.asarray(_hadamard_np(d), _F32)
+
+
+def random_signs(key, d: int):
+    """float32 ``(d,)`` of random ±1 from a PRNG key: the diagonal of the random-sign rotation."""
+    return jax.random.rademacher(key, (d,), dtype=_F32)
+
+
+def rotate(x, signs):
+    """``(x * signs) @ H``: the random-sign Hadamard rotation along the last dim, in float32.
+
+    Applied to both q and k it leaves ``q @ k.T`` unchanged (``H`` is orthonormal) while spreading
+    an outlier coordinate over the whole row, which is what makes per-block FP8 scales accurate.
+    """
+    d = x.shape[-1]
+    if signs.shape != (d,):
+        raise ValueError(f"signs must have shape ({d},), got {tuple(signs.shape)}")
+    return jnp.matmul(x.astype(_F32) * signs.astype(_F32), hadamard_matrix(d), precision=_HI)
+
+
+# ------------------------------------------------------------------------------------------------
+# Descale validation
+# ------------------------------------------------------------------------------------------------
+
+
+def _descale(name: str, x, allowed: dict[tuple, str]):
+    """``x`` as float32, checked against the allowed shapes (shape -> its description)."""
+    if x is None:
+        return jnp.ones((), _F32)
+    if isinstance(x, bool) or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a float array or number, got {type(x).__name__}")
+    if not hasattr(x, "shape"):
+        try:
+            x = np.asarray(x, np.float32)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a float array or number, got {type(x).__name__}") from None
+    if not jnp.issubdtype(x.dtype, jnp.floating) and not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must be a floating array, got dtype {jnp.dtype(x.dtype).name}")
+    shape = tuple(x.shape)
+    if shape not in allowed:
+        raise ValueError(
+            f"{name} has shape {shape}; allowed: " + ", ".join(f"{s} {d}" for s, d in allowed.items())
+        )
+    if not isinstance(x, jax.core.Tracer):
+        values = np.asarray(x, np.float64)
+        if not np.all(np.isfinite(values)) or not np.all(values > 0):
+            raise ValueError(f"{name} must be finite and > 0 everywhere, got min {values.min()!r}")
+    return jnp.asarray(x, _F32)
+
+
+def normalize_descales(q, k, v, q_descale, k_descale, v_descale):
+    """Validate the descales and broadcast them to the kernel's shapes.
+
+    Returns ``(qd (B, Hq, nq), kd (B, Hk, nk), vd (B, Hk))`` float32.
+    """
+    b, sq, hq, _ = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    nq, nk = _num_blocks(sq), _num_blocks(sk)
+    qd = _descale("q_descale", q_descale, {
+        (): "(per tensor)", (b, hq): "(B, Hq)", (b, hk): "(B, Hk)",
+        (b, hq, nq): "(B, Hq, ceil(Sq/128))", (b, hk, nq): "(B, Hk, ceil(Sq/128))"})
+    kd = _descale("k_descale", k_descale, {
+        (): "(per tensor)", (b, hk): "(B, Hk)", (b, hk, nk): "(B, Hk, ceil(Sk/128))"})
+    vd = _descale("v_descale", v_descale, {(): "(per tensor)", (b, hk): "(B, Hk)"})
+    if qd.ndim == 2:
+        qd = qd[:, :, None]
+    if qd.ndim == 3 and qd.shape[1] != hq:
+        qd = jnp.repeat(qd, hq // hk, axis=1)
+    qd = jnp.broadcast_to(qd, (b, hq, nq))
+    if kd.ndim == 2:
+        kd = kd[:, :, None]
+    kd = jnp.broadcast_to(kd, (b, hk, nk))
+    vd = jnp.broadcast_to(vd, (b, hk))
+    return qd, kd, vd
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward on quantized inputs (CUDA kernel or reference)
+# ------------------------------------------------------------------------------------------------
+
+
+def _reference_fp8(q8, k8, v8, qd, kd, vd, cfg: AttentionConfig):
+    q = dequantize(q8, qd)
+    k = dequantize(k8, kd)
+    v = dequantize(v8, vd)
+    out, lse = reference_fwd(
+        q, k, v, softmax_scale=float(cfg.softmax_scale), window_left=int(cfg.window_left),
+        window_right=int(cfg.window_right), softcap=float(cfg.softcap),
+    )
+    return out.astype(jnp.bfloat16), lse
+
+
+def forward_quantized(q8, k8, v8, qd, kd, vd, cfg: AttentionConfig):
+    """``(out bf16 (B, Sq, Hq, Dv), lse f32 (B, Hq, Sq))`` from e4m3 inputs and normalized descales."""
+    ref = lambda *a: _reference_fp8(*a, cfg)
+    if cfg.implementation != "cuda":
+        return ref(q8, k8, v8, qd, kd, vd)
+    cuda = lambda *a: _ffi.fwd_fp8(*a, cfg)
+    if cfg.auto:
+        return lax.platform_dependent(q8, k8, v8, qd, kd, vd, cuda=cuda, default=ref)
+    return cuda(q8, k8, v8, qd, kd, vd)
+
+
+_NO_GRAD = (
+    "gradients with respect to float8_e4m3fn q/k/v (or their descales) are not supported; to "
+    "train with an FP8 forward, pass bfloat16/float16 inputs with precision=\"fp8\" (the backward "
+    "then runs in the inputs' precision)"
+)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _quantized_inputs(q8, k8, v8, qd, kd, vd, cfg):
+    return forward_quantized(q8, k8, v8, qd, kd, vd, cfg)
+
+
+def _quantized_inputs_fwd(q8, k8, v8, qd, kd, vd, cfg):
+    return forward_quantized(q8, k8, v8, qd, kd, vd, cfg), None
+
+
+def _quantized_inputs_bwd(cfg, residuals, cotangents):
+    raise TypeError("jax_flash3.flash_attention: " + _NO_GRAD)
+
+
+_quantized_inputs.defvjp(_quantized_inputs_fwd, _quantized_inputs_bwd)
+
+
+def attention_quantized(q8, k8, v8, q_descale, k_descale, v_descale, cfg: AttentionConfig):
+    """``(out bf16, lse)`` for validated float8_e4m3fn inputs (``flash_attention`` calls this)."""
+    qd, kd, vd = normalize_descales(q8, k8, v8, q_descale, k_descale, v_descale)
+    return _quantized_inputs(q8, k8, v8, qd, kd, vd, cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantize inside jit: FP8 forward, backward in the inputs' precision
+# ------------------------------------------------------------------------------------------------
+
+
+def _quantize_qkv(q, k, v, signs, granularity: str):
+    if signs is not None:
+        q, k = rotate(q, signs), rotate(k, signs)
+    q8, qd = quantize(q, granularity=granularity)
+    k8, kd = quantize(k, granularity=granularity)
+    v8, vd = quantize(v, granularity="tensor" if granularity == "tensor" else "head")
+    return (q8, k8, v8) + normalize_descales(q8, k8, v8, qd, kd, vd)
+
+
+def _fp8_forward(q, k, v, signs, cfg_fp8, granularity):
+    out, lse = forward_quantized(*_quantize_qkv(q, k, v, signs, granularity), cfg_fp8)
+    return out.astype(q.dtype), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _fp8_attention(q, k, v, signs, cfg_fp8, cfg, granularity):
+    return _fp8_forward(q, k, v, signs, cfg_fp8, granularity)
+
+
+def _fp8_attention_fwd(q, k, v, signs, cfg_fp8, cfg, granularity):
+    out, lse = _fp8_forward(q, k, v, signs, cfg_fp8, granularity)
+    return (out, lse), (q, k, v, signs, out, lse)
+
+
+def _fp8_attention_bwd(cfg_fp8, cfg, granularity, residuals, cotangents):
+    q, k, v, signs, out, lse = residuals
+    dout, dlse = cotangents
+    dq, dk, dv = _sharding.bwd(q, k, v, out, lse, dout, dlse, cfg)
+    return dq, dk, dv, None if signs is None else jnp.zeros_like(signs)
+
+
+_fp8_attention.defvjp(_fp8_attention_fwd, _fp8_attention_bwd)
+
+_DEFAULT_SEED = 0x5EED
+
+
+def attention(
+    q,
+    k,
+    v,
+    *,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window=None,
+    softcap: float | None = None,
+    return_lse: bool = False,
+    deterministic: bool = False,
+    implementation: str = "auto",
+    granularity: str = "block",
+    hadamard: bool = True,
+    hadamard_key=None,
+):
+    """Attention with an FP8 forward on bfloat16/float16/float32 inputs, quantized inside ``jit``.
+
+    Same arguments, shapes and result as :func:`jax_flash3.flash_attention` (``out`` in q's dtype),
+    plus:
+
+    Args:
+      granularity: scales of q and k: ``"block"`` (per 128 rows of each (batch, head), the
+        default), ``"head"`` or ``"tensor"``; v is scaled per (batch, KV head) (per tensor with
+        ``"tensor"``).
+      hadamard: rotate q and k by a random-sign Hadamard matrix before quantizing (incoherent
+        processing: ``q @ k.T`` is unchanged, outliers are spread).
+      hadamard_key: PRNG key for the signs; default a fixed key, so results are reproducible.
+
+    Differentiable: the gradient is ordinary attention's at the unquantized inputs, from the
+    backward kernel of the inputs' precision (see the module docstring).
+
+    Example::
+
+      out = jax_flash3.fp8.attention(q, k, v, causal=True)              # q/k/v bfloat16
+      out = jax_flash3.flash_attention(q, k, v, causal=True, precision="fp8")  # the same
+    """
+    from jax_flash3 import attention as _api  # the public API module (imports this one lazily)
+
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if not isinstance(hadamard, (bool, jnp.bool_)):
+        raise TypeError(f"hadamard must be a bool, got {type(hadamard).__name__}")
+    if not isinstance(return_lse, (bool, jnp.bool_)):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    kwargs = dict(causal=causal, softmax_scale=softmax_scale, window=window, softcap=softcap,
+                  deterministic=deterministic, implementation=implementation)
+    cfg = _api.make_config(q, k, v, **kwargs)
+    cfg_fp8 = _api.make_config(q, k, v, fp8=True, **kwargs)
+    signs = None
+    if hadamard:
+        key = jax.random.key(_DEFAULT_SEED) if hadamard_key is None else hadamard_key
+        signs = random_signs(key, q.shape[-1])
+    out, lse = _fp8_attention(q, k, v, signs, cfg_fp8, cfg, granularity)
+    return (out, lse) if return_lse else out
