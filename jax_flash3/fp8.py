@@ -42,6 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from jax_flash3 import _ffi, _sharding
 from jax_flash3._config import AttentionConfig
 from jax_flash3.reference import reference_fwd
@@ -273,6 +277,82 @@ def forward_quantized(q8, k8, v8, qd, kd, vd, cfg: AttentionConfig):
     return cuda(q8, k8, v8, qd, kd, vd)
 
 
+# ------------------------------------------------------------------------------------------------
+# Partitioning under jit: batch and head axes shard with no collectives; the sequence and head-dim
+# axes are replicated (sharding them gathers). GQA: query heads are the compound (h g) factor as in
+# _sharding.py; a head sharding that does not divide the KV heads runs replicated.
+
+
+def _fp8_rule(group: int, num_kv_heads: int, *args):
+    heads, sizes = _sharding._head_factors(group, num_kv_heads, args[-3])
+    rule = (f"b q {heads} d, b k h d, b k h v, b {heads} x, b h y, b h "
+            f"-> b q {heads} v, b {heads} q")
+    return rule, dict(sizes, need_replication_factors=("q", "d", "k", "v", "x", "y"))
+
+
+def _fp8_specs(mesh, q, k):
+    """(q/out spec, k/v spec, q-descale spec, k-descale spec, v-descale spec, lse spec)."""
+    qs, ks = (getattr(x.sharding, "spec", P()) if isinstance(x.sharding, NamedSharding) else P()
+              for x in (q, k))
+    axes = lambda spec, i: _sharding._spec_axes(spec, i)
+    hq, hk = q.shape[2], k.shape[2]
+    batch = axes(qs, 0) or axes(ks, 0)
+    if q.shape[0] % _sharding._axes_size(mesh, batch):
+        batch = ()
+    heads = tuple(a for a in (axes(qs, 2) or axes(ks, 2)) if a not in batch)
+    if hk % _sharding._axes_size(mesh, heads) or hq % _sharding._axes_size(mesh, heads):
+        heads = ()
+    b, h = _sharding._entry(batch), _sharding._entry(heads)
+    return P(b, None, h, None), P(b, None, h, None), P(b, h, None), P(b, h, None), P(b, h), P(b, h, None)
+
+
+def _fp8_partition(cfg, mesh, arg_shapes, result_shape):
+    if not isinstance(arg_shapes[0].sharding, NamedSharding):
+        mesh_specs = (P(),) * 6
+    else:
+        mesh_specs = _fp8_specs(mesh, arg_shapes[0], arg_shapes[1])
+    q_s, kv_s, qd_s, kd_s, vd_s, lse_s = (NamedSharding(mesh, s) for s in mesh_specs)
+    lower = lambda *a: forward_quantized(*a, cfg)
+    return mesh, lower, (q_s, lse_s), (q_s, kv_s, kv_s, qd_s, kd_s, vd_s)
+
+
+def _fp8_infer(cfg, mesh, arg_shapes, result_shape):
+    if not isinstance(arg_shapes[0].sharding, NamedSharding):
+        return NamedSharding(mesh, P()), NamedSharding(mesh, P())
+    specs = _fp8_specs(mesh, arg_shapes[0], arg_shapes[1])
+    return NamedSharding(mesh, specs[0]), NamedSharding(mesh, specs[5])
+
+
+def _fp8_impl(q8, k8, v8, qd, kd, vd, cfg):
+    return forward_quantized(q8, k8, v8, qd, kd, vd, cfg)
+
+
+@functools.cache
+def _fp8_op(group: int, num_kv_heads: int):
+    op = custom_partitioning(_fp8_impl, static_argnums=(6,))
+    op.def_partition(
+        partition=_fp8_partition, infer_sharding_from_operands=_fp8_infer,
+        sharding_rule=functools.partial(_fp8_rule, group, num_kv_heads),
+    )
+    return op
+
+
+@functools.cache
+def _batchable_fp8(cfg: AttentionConfig):
+    @jax.custom_batching.custom_vmap
+    def call(q8, k8, v8, qd, kd, vd):
+        return tuple(_fp8_op(q8.shape[2] // k8.shape[2], k8.shape[2])(q8, k8, v8, qd, kd, vd, cfg))
+
+    call.def_vmap(functools.partial(_sharding._fold_into_batch, call))
+    return call
+
+
+def partitioned_forward(q8, k8, v8, qd, kd, vd, cfg: AttentionConfig):
+    """``forward_quantized`` that partitions itself under ``jit`` (batch/head sharding)."""
+    _, _, _, out_spec, lse_spec = _sharding._type_specs(q8, k8, v8)
+    return _sharding._in_auto_mode(_batchable_fp8(cfg), (q8, k8, v8, qd, kd, vd), (out_spec, lse_spec))
+
+
 _NO_GRAD = (
     "gradients with respect to float8_e4m3fn q/k/v (or their descales) are not supported; to "
     "train with an FP8 forward, pass bfloat16/float16 inputs with precision=\"fp8\" (the backward "
@@ -282,11 +362,11 @@ _NO_GRAD = (
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _quantized_inputs(q8, k8, v8, qd, kd, vd, cfg):
-    return forward_quantized(q8, k8, v8, qd, kd, vd, cfg)
+    return partitioned_forward(q8, k8, v8, qd, kd, vd, cfg)
 
 
 def _quantized_inputs_fwd(q8, k8, v8, qd, kd, vd, cfg):
-    return forward_quantized(q8, k8, v8, qd, kd, vd, cfg), None
+    return partitioned_forward(q8, k8, v8, qd, kd, vd, cfg), None
 
 
 def _quantized_inputs_bwd(cfg, residuals, cotangents):
@@ -317,7 +397,7 @@ def _quantize_qkv(q, k, v, signs, granularity: str):
 
 
 def _fp8_forward(q, k, v, signs, cfg_fp8, granularity):
-    out, lse = forward_quantized(*_quantize_qkv(q, k, v, signs, granularity), cfg_fp8)
+    out, lse = partitioned_forward(*_quantize_qkv(q, k, v, signs, granularity), cfg_fp8)
     return out.astype(q.dtype), lse
 
 

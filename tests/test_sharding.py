@@ -221,3 +221,68 @@ def test_vmap_folds_into_batch():
     one = jax.jit(out_and_grad)
     want, want_grad = (np.stack(x) for x in zip(*[one(x) for x in qs]))
     _assert_matches([got, grad], [want, want_grad], names=("out", "dq"))
+
+
+# --------------------------------------------------------------------------------------------
+# FP8 forward (jax_flash3.fp8): batch/head sharding partitions with no collectives; a sharded
+# sequence is gathered (the FP8 call takes whole sequences) and still gives the same result.
+
+
+@pytest.mark.parametrize("hq,hk", [(4, 4), (8, 2)])
+def test_fp8_batch_and_head_sharding_has_no_collectives(hq, hk):
+    from jax_flash3 import fp8
+
+    mesh = _mesh((2, 2), ("b", "h"))
+    q, k, v, _, _ = _inputs(11 + hq, 4, 160, 200, hq, hk, 32)
+    q8, qd = fp8.quantize(q)
+    k8, kd = fp8.quantize(k)
+    v8, vd = fp8.quantize(v, granularity="head")
+
+    def fn(q8, k8, v8, qd, kd, vd):
+        return jax_flash3.flash_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd,
+                                          causal=True, return_lse=True, implementation="reference")
+
+    want = fn(q8, k8, v8, qd, kd, vd)
+    bshd, bhn, bh = (NamedSharding(mesh, s) for s in (P("b", None, "h", None), P("b", "h", None), P("b", "h")))
+    args = [jax.device_put(x, s) for x, s in zip((q8, k8, v8, qd, kd, vd), (bshd,) * 3 + (bhn, bhn, bh))]
+    compiled = jax.jit(fn).lower(*args).compile()
+    assert _collectives(compiled) == set()
+    got = compiled(*args)
+    np.testing.assert_array_equal(np.asarray(got[0], np.float32), np.asarray(want[0], np.float32))
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-6, atol=1e-6)
+    assert tuple(got[0].sharding.spec)[:3] == ("b", None, "h")
+
+
+def test_fp8_precision_path_sharded_forward_and_grad():
+    mesh = _mesh((2, 4), ("b", "h"))
+    q, k, v, dout, _ = _inputs(5, 4, 96, 96, 8, 4, 64)
+
+    def fn(q, k, v, dout):
+        out, vjp = jax.vjp(lambda q, k, v: jax_flash3.flash_attention(
+            q, k, v, causal=True, precision="fp8", implementation="reference"), q, k, v)
+        return (out,) + vjp(dout)
+
+    want = fn(q, k, v, dout)
+    sh = NamedSharding(mesh, P("b", None, "h", None))
+    args = [jax.device_put(x, sh) for x in (q, k, v, dout)]
+    compiled = jax.jit(fn).lower(*args).compile()
+    # The backward is the ordinary partitioned backward; nothing gathers the heads or the batch.
+    assert not {"all-gather", "collective-permute", "all-to-all"} & _collectives(compiled)
+    for a, b in zip(compiled(*args), want):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_sequence_sharding_is_gathered_and_correct():
+    from jax_flash3 import fp8
+
+    mesh = _mesh((4,), ("s",))
+    q, k, v, _, _ = _inputs(7, 2, 256, 256, 4, 2, 32)
+    q8, qd = fp8.quantize(q)
+    k8, kd = fp8.quantize(k)
+    v8, vd = fp8.quantize(v, granularity="head")
+    fn = lambda *a: jax_flash3.flash_attention(*a[:3], q_descale=a[3], k_descale=a[4], v_descale=a[5],
+                                               implementation="reference")
+    want = fn(q8, k8, v8, qd, kd, vd)
+    sh = NamedSharding(mesh, P(None, "s"))
+    got = jax.jit(fn)(*(jax.device_put(x, sh) for x in (q8, k8, v8)), qd, kd, vd)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
