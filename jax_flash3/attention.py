@@ -306,6 +306,7 @@ def flash_attention(
         return (out, lse) if return_lse else out
     given = [name for name, x in descales.items() if x is not None]
     if given:
+        _check_arrays(q, k, v, allow_fp8=True)  # mixed dtypes: say so, not "not float8"
         dtype = jnp.dtype(q.dtype).name if _is_array(q) else type(q).__name__
         raise ValueError(
             f"{', '.join(given)} apply only to float8_e4m3fn q/k/v, got {dtype} inputs "

@@ -9,7 +9,8 @@ Two ways in:
   :func:`attention` for the knobs) on bfloat16/float16/float32 inputs: q and k get a random-sign
   Hadamard rotation along the head dim (it leaves ``q @ k.T`` unchanged and spreads outliers over
   the row), then q and k are quantized per block of 128 rows and v per (batch, head); the FP8
-  kernel runs the forward. **Training:** the gradient is that of ordinary attention at the
+  kernel runs the forward (the rotation matters most when a few head-dim channels of q and k
+  carry large values, as in LLM activations; `benchmarks/fp8_accuracy.py` measures it). **Training:** the gradient is that of ordinary attention at the
   *unquantized* inputs, computed by the bf16/fp16 backward kernel from the FP8 forward's output
   and log-sum-exp (a straight-through estimator for the quantization).
 
@@ -114,7 +115,8 @@ def quantize(x, *, granularity: str = "block"):
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     b, s, h, d = x.shape
-    xa = jnp.abs(x.astype(_F32))
+    finite = jnp.isfinite(x)
+    xa = jnp.where(finite, jnp.abs(x.astype(_F32)), 0.0)  # scales from the finite values
     if granularity == "tensor":
         amax = xa.max()
     elif granularity == "head":
@@ -125,10 +127,10 @@ def quantize(x, *, granularity: str = "block"):
         if pad:
             xa = jnp.pad(xa, ((0, 0), (0, pad), (0, 0), (0, 0)))
         amax = xa.reshape(b, n, SCALE_BLOCK, h, d).max(axis=(2, 4)).transpose(0, 2, 1)  # (B, H, n)
-    # Non-finite inputs would poison the scale; keep them visible in x8 instead (NaN).
-    descale = jnp.where((amax > 0) & jnp.isfinite(amax), amax / E4M3_MAX, 1.0).astype(_F32)
+    descale = jnp.where(amax > 0, amax / E4M3_MAX, 1.0).astype(_F32)
     scaled = x.astype(_F32) / _broadcast_rows(descale, s, h)
-    x8 = jnp.clip(scaled, -E4M3_MAX, E4M3_MAX).astype(E4M3)
+    # Non-finite inputs stay visible as NaN (e4m3fn has no infinity) instead of saturating.
+    x8 = jnp.where(finite, jnp.clip(scaled, -E4M3_MAX, E4M3_MAX), jnp.nan).astype(E4M3)
     return x8, descale
 
 
@@ -470,8 +472,11 @@ def attention(
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     kwargs = dict(causal=causal, softmax_scale=softmax_scale, window=window, softcap=softcap,
                   deterministic=deterministic, implementation=implementation)
-    cfg = _api.make_config(q, k, v, **kwargs)
     cfg_fp8 = _api.make_config(q, k, v, fp8=True, **kwargs)
+    if implementation == "cuda" and jnp.dtype(q.dtype) not in _ffi.CUDA_DTYPES:
+        # float32 inputs: the FP8 forward runs the kernel; the backward can only be the reference.
+        kwargs["implementation"] = "auto"
+    cfg = _api.make_config(q, k, v, **kwargs)
     signs = None
     if hadamard:
         key = jax.random.key(_DEFAULT_SEED) if hadamard_key is None else hadamard_key
