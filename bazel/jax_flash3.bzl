@@ -8,6 +8,7 @@ Pruning, as CMake's cache options (lists take ';' or ','):
   --define=jax_flash3_dtypes=bf16        JAX_FLASH3_DTYPES      (default bf16;fp16)
   --define=jax_flash3_bwd_head_dims=...  JAX_FLASH3_BWD_HEAD_DIMS (default 128)
   --define=jax_flash3_bwd_dtypes=...     JAX_FLASH3_BWD_DTYPES  (default bf16)
+  --define=jax_flash3_fp8_head_dims=...  JAX_FLASH3_FP8_HEAD_DIMS (default 64;128;256; "" = none)
   --define=jax_flash3_backward=OFF       JAX_FLASH3_BACKWARD    (default ON)
   --define=jax_flash3_hopper=OFF         JAX_FLASH3_HOPPER      (default ON)
   --define=jax_flash3_cuda=OFF           JAX_FLASH3_CUDA        (default ON; the environment
@@ -30,6 +31,7 @@ DEFAULT_HEAD_DIMS = ["64", "96", "128", "192", "256"]
 DEFAULT_DTYPES = ["bf16", "fp16"]
 DEFAULT_BWD_HEAD_DIMS = ["128"]
 DEFAULT_BWD_DTYPES = ["bf16"]
+DEFAULT_FP8_HEAD_DIMS = ["64", "128", "256"]
 
 # CMakeLists.txt: target_compile_definitions (the per-target part; instantiation defines are added
 # from the selection) and target_compile_options, plus what CMake itself adds for a Release build
@@ -97,6 +99,11 @@ def selection(ctx, instantiations):
                     stem = "%s_sm90_%s_hdim%s" % (d, dt, hd)
                     if stem in instantiations and stem not in selected:
                         selected.append(stem)
+        # CMakeLists.txt: foreach(_hd IN LISTS JAX_FLASH3_FP8_HEAD_DIMS) (forward only).
+        for hd in _list(ctx, "jax_flash3_fp8_head_dims", DEFAULT_FP8_HEAD_DIMS):
+            stem = "fwd_sm90_fp8_hdim%s" % hd
+            if stem in instantiations and stem not in selected:
+                selected.append(stem)
     defines = ["JAX_FLASH3_HAS_" + s.upper() for s in selected]
     if hopper:
         defines.append("JAX_FLASH3_HOPPER=1")

@@ -9,7 +9,8 @@ JAX_FLASH3_CI_INSTALL_BAZEL=0; otherwise the Bazel tests skip, saying why. Then 
     bazel test  --config=ci //:cpu_tests --test_arg=-k --test_arg="<fast subset>"
 
 (--config=ci in .bazelrc prunes the library to one Hopper instantiation, as CMake's
--DJAX_FLASH3_HEAD_DIMS=128 -DJAX_FLASH3_DTYPES=bf16 -DJAX_FLASH3_BACKWARD=OFF would), and checks,
+-DJAX_FLASH3_HEAD_DIMS=128 -DJAX_FLASH3_DTYPES=bf16 -DJAX_FLASH3_BACKWARD=OFF
+-DJAX_FLASH3_FP8_HEAD_DIMS= would), and checks,
 against a CMake configure of the same pruning, that Bazel compiles the same sources with the same
 definitions and flags. Bazel's output root is JAX_FLASH3_BAZEL_OUTPUT_ROOT (default
 /tmp/jax_flash3-bazel-<uid>); no bazel-* symlinks are left in the checkout.
@@ -32,7 +33,8 @@ import tempfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CI_CONFIG = {"head_dims": "128", "dtypes": "bf16", "backward": "OFF"}  # .bazelrc's --config=ci
+# .bazelrc's --config=ci (an empty FP8 list: no FP8 instantiation)
+CI_CONFIG = {"head_dims": "128", "dtypes": "bf16", "backward": "OFF", "fp8_head_dims": ""}
 INSTANTIATION = "fwd_sm90_bf16_hdim128"
 CPU_SUBSET = "validation or default or refused"  # fast tests of tests/test_api.py (~15 s)
 SYMBOLS = (
@@ -40,6 +42,8 @@ SYMBOLS = (
     "jax_flash3_bwd",
     "jax_flash3_fwd_workspace_bytes",
     "jax_flash3_bwd_workspace_bytes",
+    "jax_flash3_fwd_fp8",
+    "jax_flash3_fwd_fp8_workspace_bytes",
 )
 BAZEL_TIMEOUT_S = 3600
 
@@ -67,6 +71,7 @@ def test_bazel_defaults_and_flags_match_cmake():
     assert _bzl_list(bzl, "DEFAULT_DTYPES") == _cmake_set(cmake, "JAX_FLASH3_DTYPES")
     assert _bzl_list(bzl, "DEFAULT_BWD_HEAD_DIMS") == _cmake_set(cmake, "JAX_FLASH3_BWD_HEAD_DIMS")
     assert _bzl_list(bzl, "DEFAULT_BWD_DTYPES") == _cmake_set(cmake, "JAX_FLASH3_BWD_DTYPES")
+    assert _bzl_list(bzl, "DEFAULT_FP8_HEAD_DIMS") == _cmake_set(cmake, "JAX_FLASH3_FP8_HEAD_DIMS")
     defs = re.search(r"target_compile_definitions\(jax_flash3_cuda PRIVATE ([^)]*)\)", cmake)
     cmake_defs = [t for t in defs.group(1).split() if not t.startswith("$")]
     assert sorted(_bzl_list(bzl, "COMMON_DEFINES")) == sorted(cmake_defs)

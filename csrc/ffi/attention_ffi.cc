@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/params.h"
 
@@ -35,7 +36,14 @@ ffi::Error Decode(const char* name, ffi::Span<const int64_t> dims, Operand* op) 
   return ffi::Error::Success();
 }
 
-ffi::Error ToDType(ffi::DataType t, DType* out) {
+ffi::Error ToDType(ffi::DataType t, bool fp8, DType* out) {
+  if (fp8) {
+    if (t == ffi::DataType::F8E4M3FN) {
+      *out = DType::kFP8E4M3;
+      return ffi::Error::Success();
+    }
+    return ffi::Error::InvalidArgument("jax_flash3: fp8 q/k/v must be float8_e4m3fn");
+  }
   switch (t) {
     case ffi::DataType::BF16: *out = DType::kBF16; return ffi::Error::Success();
     case ffi::DataType::F16: *out = DType::kFP16; return ffi::Error::Success();
@@ -57,7 +65,8 @@ int NumSms() {
 
 // Shapes, dtypes and attributes common to forward and backward; fills `p`.
 ffi::Error FillCommon(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, float softmax_scale,
-                      int32_t window_left, int32_t window_right, float softcap, FwdParams* p) {
+                      int32_t window_left, int32_t window_right, float softcap, FwdParams* p,
+                      bool fp8 = false) {
   Operand oq, ok, ov;
   if (auto e = Decode("q", q.dimensions(), &oq); e.failure()) return e;
   if (auto e = Decode("k", k.dimensions(), &ok); e.failure()) return e;
@@ -65,7 +74,7 @@ ffi::Error FillCommon(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, floa
   if (q.element_type() != k.element_type() || q.element_type() != v.element_type()) {
     return ffi::Error::InvalidArgument("jax_flash3: q, k and v must share one dtype");
   }
-  if (auto e = ToDType(q.element_type(), &p->dtype); e.failure()) return e;
+  if (auto e = ToDType(q.element_type(), fp8, &p->dtype); e.failure()) return e;
   if (oq.batch != ok.batch || oq.batch != ov.batch || ok.seq != ov.seq || ok.heads != ov.heads ||
       oq.dim != ok.dim) {
     return ffi::Error::InvalidArgument(
@@ -162,6 +171,81 @@ ffi::Error FwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
   }
   if (cudaError_t err = run_fwd(p, stream); err != cudaSuccess) {
     return LaunchError("attention forward launch", err);
+  }
+  return ffi::Error::Success();
+}
+
+namespace {
+
+// dims == leading + tail, or an InvalidArgument naming the descale.
+ffi::Error CheckDescale(const char* name, ffi::Span<const int64_t> got,
+                        ffi::Span<const int64_t> operand_dims, std::vector<int64_t> tail) {
+  std::vector<int64_t> want(operand_dims.begin(), operand_dims.end() - 3);
+  want.insert(want.end(), tail.begin(), tail.end());
+  bool same = got.size() == want.size();
+  for (size_t i = 0; same && i < got.size(); ++i) same = got[i] == want[i];
+  if (!same) {
+    return ffi::Error::InvalidArgument(
+        std::string("jax_flash3: ") + name + " has shape " + DimsString(got) + ", expected " +
+        DimsString(ffi::Span<const int64_t>(want.data(), want.size())));
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+ffi::Error FwdFp8Impl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                      ffi::Buffer<ffi::F32> q_descale, ffi::Buffer<ffi::F32> k_descale,
+                      ffi::Buffer<ffi::F32> v_descale, float softmax_scale, int32_t window_left,
+                      int32_t window_right, float softcap, ffi::Result<ffi::AnyBuffer> out,
+                      ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                      ffi::Result<ffi::Buffer<ffi::U8>> workspace) {
+  Fp8FwdParams p;
+  if (auto e = FillCommon(q, k, v, softmax_scale, window_left, window_right, softcap, &p,
+                          /*fp8=*/true);
+      e.failure()) {
+    return e;
+  }
+  if (p.head_dim_v != p.head_dim) {
+    return ffi::Error::InvalidArgument("jax_flash3: the fp8 forward needs q/k and v head dims equal");
+  }
+  if (q.dimensions().size() != k.dimensions().size() ||
+      q.dimensions().size() != v.dimensions().size()) {
+    return ffi::Error::InvalidArgument("jax_flash3: fp8 q, k and v must have the same rank");
+  }
+  const int64_t q_blocks = (p.seqlen_q + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
+  const int64_t k_blocks = (p.seqlen_k + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
+  if (auto e = CheckDescale("q_descale", q_descale.dimensions(), q.dimensions(), {p.heads_q, q_blocks});
+      e.failure()) {
+    return e;
+  }
+  if (auto e = CheckDescale("k_descale", k_descale.dimensions(), k.dimensions(), {p.heads_k, k_blocks});
+      e.failure()) {
+    return e;
+  }
+  if (auto e = CheckDescale("v_descale", v_descale.dimensions(), v.dimensions(), {p.heads_k});
+      e.failure()) {
+    return e;
+  }
+  if (out->element_type() != ffi::DataType::BF16) {
+    return ffi::Error::InvalidArgument("jax_flash3: the fp8 forward's out must be bfloat16");
+  }
+  if (out->element_count() != size_t(p.batch) * p.seqlen_q * p.heads_q * p.head_dim_v ||
+      lse->element_count() != size_t(p.batch) * p.heads_q * p.seqlen_q) {
+    return ffi::Error::InvalidArgument("jax_flash3: out/lse sizes do not match q and v");
+  }
+  p.q_descale = q_descale.typed_data();
+  p.k_descale = k_descale.typed_data();
+  p.v_descale = v_descale.typed_data();
+  p.out = out->untyped_data();
+  p.lse = lse->typed_data();
+  p.workspace = workspace->untyped_data();
+  p.workspace_bytes = workspace->size_bytes();
+  if (p.workspace_bytes < fwd_fp8_workspace_bytes(p)) {
+    return ffi::Error::InvalidArgument("jax_flash3: fp8 forward workspace too small");
+  }
+  if (cudaError_t err = run_fwd_fp8(p, stream); err != cudaSuccess) {
+    return LaunchError("fp8 attention forward launch", err);
   }
   return ffi::Error::Success();
 }

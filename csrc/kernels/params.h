@@ -60,13 +60,28 @@ struct BwdParams : FwdParams {
   bool deterministic = false;
 };
 
+// FP8 (float8_e4m3fn) forward. q/k/v are e4m3 with block scales; out is bfloat16; lse as above.
+// Dequantized values: q_real[b, i, h, :] = q[b, i, h, :] * q_descale[b, h, i / kFp8ScaleBlock],
+// k_real[b, j, h, :] = k[b, j, h, :] * k_descale[b, h, j / kFp8ScaleBlock], v_real = v * v_descale[b, h].
+// Dense float32 arrays: q_descale (B, Hq, ceil(Sq / 128)), k_descale (B, Hk, ceil(Sk / 128)),
+// v_descale (B, Hk). Descales are expected to be >= 0 (quantization scales).
+constexpr int kFp8ScaleBlock = 128;
+
+struct Fp8FwdParams : FwdParams {
+  const float* q_descale = nullptr;
+  const float* k_descale = nullptr;
+  const float* v_descale = nullptr;
+};
+
 // Bytes of scratch each direction needs. Exported to Python through the binding so the custom
 // call can ask XLA for exactly this much.
 size_t fwd_workspace_bytes(const FwdParams& p);
 size_t bwd_workspace_bytes(const BwdParams& p);
+size_t fwd_fp8_workspace_bytes(const Fp8FwdParams& p);
 
 // Enqueue on `stream`; never synchronize. Return the first CUDA error seen (launch included).
 cudaError_t run_fwd(const FwdParams& p, cudaStream_t stream);
 cudaError_t run_bwd(const BwdParams& p, cudaStream_t stream);
+cudaError_t run_fwd_fp8(const Fp8FwdParams& p, cudaStream_t stream);
 
 }  // namespace jax_flash3

@@ -3,6 +3,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cmath>
 
@@ -19,6 +20,7 @@ constexpr int kMaxPerLane = 256 / 32;         // head-dim slots per lane
 
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToFloat(__nv_fp8_e4m3 x) { return float(x); }
 template <typename T>
 __device__ __forceinline__ T FromFloat(float x);
 template <>

@@ -4,6 +4,7 @@
 // Block = 8 warps over 16 query rows of one (batch, head); each warp owns 2 rows. Keys stream in
 // tiles of 32, one key per lane for the logits; each lane owns head-dim slots lane + 32*i of the
 // output accumulator.
+// FP8 (e4m3 in, bfloat16 out): the same kernel with the block descales applied on load.
 #include "kernels/kernels.h"
 #include "kernels/simple/common.cuh"
 
@@ -11,8 +12,10 @@ namespace jax_flash3 {
 namespace simple {
 namespace {
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) FwdKernel(FwdParams p) {
+// TIn: q/k/v element, TOut: out element. kFp8: multiply by p's descales while loading.
+template <typename TIn, typename TOut, bool kFp8>
+__global__ void __launch_bounds__(kThreads) FwdKernel(Fp8FwdParams p) {
+  using T = TIn;
   extern __shared__ float smem[];
   const int D = p.head_dim, Dv = p.head_dim_v, ldk = D + 1;
   const int sq = p.seqlen_q, sk = p.seqlen_k;
@@ -23,7 +26,12 @@ __global__ void __launch_bounds__(kThreads) FwdKernel(FwdParams p) {
   const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
   const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
-  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+  TOut* out = static_cast<TOut*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+  const int q_blocks = (sq + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
+  const int k_blocks = (sk + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
+  const float* q_descale = kFp8 ? p.q_descale + (int64_t(b) * p.heads_q + h) * q_blocks : nullptr;
+  const float* k_descale = kFp8 ? p.k_descale + (int64_t(b) * p.heads_k + hk) * k_blocks : nullptr;
+  const float v_descale = kFp8 ? p.v_descale[int64_t(b) * p.heads_k + hk] : 1.f;
   float* lse = p.lse + (int64_t(b) * p.heads_q + h) * sq;
 
   float* sQ = smem;               // [kRows][D]
@@ -32,7 +40,9 @@ __global__ void __launch_bounds__(kThreads) FwdKernel(FwdParams p) {
 
   for (int idx = tid; idx < kRows * D; idx += kThreads) {
     const int r = idx / D, d = idx % D, row = m0 + r;
-    sQ[idx] = row < sq ? ToFloat(q[row * p.q_row_stride + d]) : 0.f;
+    float x = row < sq ? ToFloat(q[row * p.q_row_stride + d]) : 0.f;
+    if (kFp8 && row < sq) x *= q_descale[row / kFp8ScaleBlock];
+    sQ[idx] = x;
   }
 
   float acc[kRowsPerWarp][kMaxPerLane];
@@ -51,11 +61,13 @@ __global__ void __launch_bounds__(kThreads) FwdKernel(FwdParams p) {
     __syncthreads();
     for (int idx = tid; idx < kTile * D; idx += kThreads) {
       const int r = idx / D, d = idx % D, j = n0 + r;
-      sK[r * ldk + d] = j < sk ? ToFloat(k[j * p.k_row_stride + d]) : 0.f;
+      float x = j < sk ? ToFloat(k[j * p.k_row_stride + d]) : 0.f;
+      if (kFp8 && j < sk) x *= k_descale[j / kFp8ScaleBlock];
+      sK[r * ldk + d] = x;
     }
     for (int idx = tid; idx < kTile * Dv; idx += kThreads) {
       const int r = idx / Dv, d = idx % Dv, j = n0 + r;
-      sV[idx] = j < sk ? ToFloat(v[j * p.v_row_stride + d]) : 0.f;
+      sV[idx] = j < sk ? ToFloat(v[j * p.v_row_stride + d]) * v_descale : 0.f;
     }
     __syncthreads();
 #pragma unroll
@@ -97,21 +109,22 @@ __global__ void __launch_bounds__(kThreads) FwdKernel(FwdParams p) {
 #pragma unroll
     for (int i = 0; i < kMaxPerLane; ++i) {
       const int d = lane + 32 * i;
-      if (d < Dv) out[row * p.o_row_stride + d] = FromFloat<T>(acc[r][i] * inv);
+      if (d < Dv) out[row * p.o_row_stride + d] = FromFloat<TOut>(acc[r][i] * inv);
     }
     if (lane == 0) lse[row] = seen ? row_max[r] + logf(row_sum[r]) : -INFINITY;
   }
 }
 
-template <typename T>
-cudaError_t Launch(const FwdParams& p, cudaStream_t stream) {
+template <typename TIn, typename TOut, bool kFp8>
+cudaError_t Launch(const Fp8FwdParams& p, cudaStream_t stream) {
+  auto kernel = FwdKernel<TIn, TOut, kFp8>;
   const size_t smem =
       sizeof(float) * (kRows * p.head_dim + kTile * (p.head_dim + 1) + kTile * p.head_dim_v);
   cudaError_t err =
-      cudaFuncSetAttribute(FwdKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   dim3 grid((p.seqlen_q + kRows - 1) / kRows, p.heads_q, p.batch);
-  FwdKernel<T><<<grid, kThreads, smem, stream>>>(p);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -121,11 +134,22 @@ cudaError_t Launch(const FwdParams& p, cudaStream_t stream) {
 size_t fwd_simple_workspace_bytes(const FwdParams&) { return 0; }
 
 cudaError_t run_fwd_simple(const FwdParams& p, cudaStream_t stream) {
+  Fp8FwdParams p8;
+  static_cast<FwdParams&>(p8) = p;
   switch (p.dtype) {
-    case DType::kBF16: return simple::Launch<__nv_bfloat16>(p, stream);
-    case DType::kFP16: return simple::Launch<__half>(p, stream);
+    case DType::kBF16: return simple::Launch<__nv_bfloat16, __nv_bfloat16, false>(p8, stream);
+    case DType::kFP16: return simple::Launch<__half, __half, false>(p8, stream);
     default: return cudaErrorInvalidValue;
   }
+}
+
+size_t fwd_fp8_simple_workspace_bytes(const Fp8FwdParams&) { return 0; }
+
+cudaError_t run_fwd_fp8_simple(const Fp8FwdParams& p, cudaStream_t stream) {
+  if (p.dtype != DType::kFP8E4M3 || p.q_descale == nullptr || p.k_descale == nullptr ||
+      p.v_descale == nullptr)
+    return cudaErrorInvalidValue;
+  return simple::Launch<__nv_fp8_e4m3, __nv_bfloat16, true>(p, stream);
 }
 
 }  // namespace jax_flash3

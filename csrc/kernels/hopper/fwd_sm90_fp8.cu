@@ -1,0 +1,131 @@
+// jax_flash3: Hopper FP8 forward dispatch, plus the V-transpose pre-pass it runs first.
+// Each native head dim's kernel lives in csrc/kernels/instantiations/fwd_sm90_fp8_hdim<D>.cu and is
+// present only when the build defines JAX_FLASH3_HAS_FWD_SM90_FP8_HDIM<D>.
+//
+// Why a pre-pass: FP8 WGMMA reads both smem operands K-major, so O += P V needs V with the keys
+// contiguous, and TMA cannot transpose bytes. This first version writes Vt (B, Hk, Dv, Sk_pad) into
+// the workspace with one small bandwidth-bound kernel (V read once, written once: ~1% of the
+// attention time at 16k tokens) instead of transposing in the producer warpgroup.
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/hopper/fwd_sm90_fp8.h"
+#include "kernels/kernels.h"
+
+namespace jax_flash3 {
+namespace {
+
+// Calls fn(native head dim) for a compiled instantiation; false if none matches.
+template <class Fn>
+bool with_fp8_instantiation(const Fp8FwdParams& p, Fn&& fn) {
+  const int d = sm90::fwd_fp8_native_head_dim(p.head_dim);
+#define JF3_CASE(D)                                  \
+  if (d == D) {                                      \
+    fn(std::integral_constant<int, D>{});            \
+    return true;                                     \
+  }
+#ifdef JAX_FLASH3_HAS_FWD_SM90_FP8_HDIM64
+  JF3_CASE(64)
+#endif
+#ifdef JAX_FLASH3_HAS_FWD_SM90_FP8_HDIM128
+  JF3_CASE(128)
+#endif
+#ifdef JAX_FLASH3_HAS_FWD_SM90_FP8_HDIM256
+  JF3_CASE(256)
+#endif
+#undef JF3_CASE
+  (void)fn;
+  return false;
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+// Vt[b, h, d, slot] = V[b, fp8_key_of_slot(slot), h, d], 0 for keys >= Sk. A block transposes 64
+// keys x 64 dims through smem; 16-byte loads along d, 16-byte stores along the key slots.
+constexpr int kTrKeys = 64, kTrDims = 64, kTrThreads = 256;
+
+__global__ void __launch_bounds__(kTrThreads) transpose_v_fp8_kernel(
+    const uint8_t* __restrict__ v, int64_t v_batch_stride, int64_t v_row_stride,
+    int64_t v_head_stride, int seqlen_k, int heads_k, int dv, int64_t sk_pad,
+    uint8_t* __restrict__ vt) {
+  __shared__ alignas(16) uint8_t tile[kTrKeys][kTrDims + 16];
+  const int key0 = blockIdx.y * kTrKeys, d0 = blockIdx.z * kTrDims;
+  const int bh = blockIdx.x, b = bh / heads_k, h = bh % heads_k;
+  const int tid = threadIdx.x;
+  {
+    const int r = tid / 4, c = (tid % 4) * 16;  // 64 rows x 4 chunks of 16 B
+    const int key = key0 + r, d = d0 + c;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (key < seqlen_k && d < dv)
+      val = *reinterpret_cast<const uint4*>(v + b * v_batch_stride + int64_t(key) * v_row_stride +
+                                            h * v_head_stride + d);
+    *reinterpret_cast<uint4*>(&tile[r][c]) = val;
+  }
+  __syncthreads();
+  {
+    const int dl = tid / 4, s0 = (tid % 4) * 16;  // 64 dims x 4 chunks of 16 slots
+    const int d = d0 + dl;
+    if (d < dv) {
+      uint32_t w[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        uint32_t x = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) x |= uint32_t(tile[sm90::fp8_key_of_slot(s0 + 4 * q + i)][dl]) << (8 * i);
+        w[q] = x;
+      }
+      *reinterpret_cast<uint4*>(vt + ((int64_t(b) * heads_k + h) * dv + d) * sk_pad + key0 + s0) =
+          make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+}
+
+}  // namespace
+
+bool fwd_sm90_fp8_supported(const Fp8FwdParams& p) {
+  if (p.dtype != DType::kFP8E4M3) return false;
+  // TMA rows of e4m3 must be 16-byte multiples.
+  if (p.head_dim <= 0 || p.head_dim > 256 || p.head_dim % 16 != 0) return false;
+  if (p.head_dim_v != p.head_dim) return false;
+  if (p.batch < 1 || p.seqlen_q < 1 || p.seqlen_k < 1 || p.heads_q < 1 || p.heads_k < 1) return false;
+  if (p.heads_q % p.heads_k != 0) return false;
+  if (sm90::fwd_fp8_seqlen_k_padded(p.seqlen_k) / kTrKeys > 65535) return false;
+  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out) ||
+      !aligned16(p.workspace))
+    return false;
+  const int64_t strides[] = {p.q_batch_stride, p.q_row_stride, p.q_head_stride,
+                             p.k_batch_stride, p.k_row_stride, p.k_head_stride,
+                             p.v_batch_stride, p.v_row_stride, p.v_head_stride};
+  for (int64_t s : strides)
+    if (s % 16 != 0 || s < 0 || s >= (int64_t(1) << 39)) return false;
+  const int64_t out_strides[] = {p.o_batch_stride, p.o_row_stride, p.o_head_stride};
+  for (int64_t s : out_strides)
+    if (s % 8 != 0 || s < 0 || s >= (int64_t(1) << 38)) return false;
+  if (p.mask.softcap < 0.f) return false;
+  return with_fp8_instantiation(p, [](auto) {});
+}
+
+size_t fwd_sm90_fp8_workspace_bytes(const Fp8FwdParams& p) {
+  return sm90::kFp8VtOffset + size_t(p.batch) * p.heads_k * p.head_dim_v *
+                                  size_t(sm90::fwd_fp8_seqlen_k_padded(p.seqlen_k));
+}
+
+cudaError_t run_fwd_sm90_fp8(const Fp8FwdParams& p, cudaStream_t stream) {
+  if (!fwd_sm90_fp8_supported(p)) return cudaErrorNotSupported;
+  if (p.workspace == nullptr || p.workspace_bytes < fwd_sm90_fp8_workspace_bytes(p))
+    return cudaErrorInvalidValue;
+  const int64_t sk_pad = sm90::fwd_fp8_seqlen_k_padded(p.seqlen_k);
+  dim3 grid(unsigned(p.batch * p.heads_k), unsigned(sk_pad / kTrKeys),
+            unsigned((p.head_dim_v + kTrDims - 1) / kTrDims));
+  transpose_v_fp8_kernel<<<grid, kTrThreads, 0, stream>>>(
+      static_cast<const uint8_t*>(p.v), p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+      p.seqlen_k, p.heads_k, p.head_dim_v, sk_pad,
+      static_cast<uint8_t*>(p.workspace) + sm90::kFp8VtOffset);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  err = cudaErrorNotSupported;
+  with_fp8_instantiation(p, [&](auto d) { err = sm90::run_fwd_sm90_fp8_hdim<decltype(d)::value>(p, stream); });
+  return err;
+}
+
+}  // namespace jax_flash3

@@ -1,0 +1,46 @@
+// jax_flash3: Hopper FP8 forward, the seam between the dispatcher (fwd_sm90_fp8.cu) and the
+// per-head-dim instantiation files (csrc/kernels/instantiations/fwd_sm90_fp8_hdim*.cu).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "kernels/params.h"
+
+namespace jax_flash3::sm90 {
+
+// Native head dims of the FP8 kernel; a smaller D (multiple of 16: TMA needs 16-byte rows of
+// e4m3) runs in the next one, TMA zero-filling the missing columns.
+inline int fwd_fp8_native_head_dim(int d) {
+  if (d <= 64) return 64;
+  if (d <= 128) return 128;
+  if (d <= 256) return 256;
+  return 0;
+}
+
+// Every FP8 tile is kFp8ScaleBlock (128) keys wide, so a K block has exactly one k_descale.
+constexpr int kFp8BlockN = kFp8ScaleBlock;
+
+// Workspace: [0, 16) the dynamic scheduler's tile counter, then Vt at kFp8VtOffset:
+// e4m3 (B, Hk, Dv, Sk_pad), Sk_pad = Sk rounded up to kFp8BlockN, key order permuted within each
+// 16-key group (fp8_key_of_slot) so P's accumulator registers are directly the PV A fragment.
+constexpr size_t kFp8VtOffset = 256;
+
+inline int64_t fwd_fp8_seqlen_k_padded(int seqlen_k) {
+  return (int64_t(seqlen_k) + kFp8BlockN - 1) / kFp8BlockN * kFp8BlockN;
+}
+
+// The key stored at K-slot `slot` of a 16-wide group. WGMMA's f32 accumulator gives thread quad q
+// the columns {2q, 2q+1, 2q+8, 2q+9} of each 16 columns; the e4m3 A operand expects K indices
+// {4q .. 4q+3}. Storing key 2q + (i & 1) + 8 * (i >> 1) at slot 4q + i makes them agree.
+__host__ __device__ inline int fp8_key_of_slot(int slot) {
+  const int g = slot & ~15, k = slot & 15;
+  return g + 2 * (k >> 2) + (k & 1) + 8 * ((k >> 1) & 1);
+}
+
+// Launches the attention kernel; Vt (layout above) must already be in the workspace.
+template <int kHeadDim>
+cudaError_t run_fwd_sm90_fp8_hdim(const Fp8FwdParams& p, cudaStream_t stream);
+
+}  // namespace jax_flash3::sm90

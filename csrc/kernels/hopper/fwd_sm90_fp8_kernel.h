@@ -1,0 +1,656 @@
+// jax_flash3: FP8 (e4m3) forward kernel for Hopper (sm_90a), bfloat16 out.
+//
+// Same CTA structure, pipelines, schedulers and consumer schedule as the BF16/FP16 kernel
+// (fwd_sm90_kernel.h, whose helpers this file reuses): one TMA producer warp, 2-3 consumer
+// warpgroups of 64 rows, SS QK^T + RS PV WGMMA (both e4m3 x e4m3 -> f32), intra-warpgroup overlap,
+// pingpong, persistent grid, stmatrix + TMA O store. What differs:
+//   * V: FP8 WGMMA takes only K-major smem operands, so the PV GEMM reads Vt (Dv x keys, keys
+//     contiguous) that a pre-pass (fwd_sm90_fp8.cu) wrote into the workspace, keys permuted within
+//     each 16-key group (fp8_key_of_slot). With that permutation the f32 accumulator of S, packed
+//     four at a time with cvt.rn.satfinite.e4m3x2.f32, is exactly the PV A fragment: no shuffles.
+//     Masks and descales index S by true key columns; only V's side is permuted.
+//   * Descales: kBlockN == 128 keys, so a K block has one k_descale; q_descale is per row. Their
+//     product times softmax_scale * log2(e) is each row's log2 scale for the block (with softcap,
+//     the multiplier inside tanh). v_descale folds into the final 1 / rowsum.
+//   * P is scaled by 2^8 (the running max is offset by 8) so it spans [0, 256] and uses more of
+//     e4m3's range; the offset cancels in O and is accounted for in LSE.
+//   * O is bfloat16, always in its own smem buffer.
+#pragma once
+
+#include <cuda_fp8.h>
+
+#include "kernels/hopper/fwd_sm90_fp8.h"
+#include "kernels/hopper/fwd_sm90_kernel.h"
+
+namespace jax_flash3::sm90 {
+
+// Largest GMMA K-major swizzle atom whose row (kK elements of T) it divides, by bytes.
+template <typename T, int kK>
+constexpr auto k_major_smem_atom_bytes() {
+  constexpr int kBytes = kK * int(sizeof_bits_v<T>) / 8;
+  if constexpr (kBytes % 128 == 0) return GMMA::Layout_K_SW128_Atom<T>{};
+  else if constexpr (kBytes % 64 == 0) return GMMA::Layout_K_SW64_Atom<T>{};
+  else if constexpr (kBytes % 32 == 0) return GMMA::Layout_K_SW32_Atom<T>{};
+  else return GMMA::Layout_K_INTER_Atom<T>{};
+}
+
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
+struct Fp8FwdTraits {
+  using Element = cutlass::float_e4m3_t;
+  using OutElement = cutlass::bfloat16_t;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kNumMmaWG = kBlockM / 64;
+  static constexpr int kNumMmaThreads = kNumMmaWG * 128;
+  static constexpr int kNumThreads = kNumMmaThreads + 128;
+  static_assert(kBlockM % 64 == 0 && (kNumMmaWG == 2 || kNumMmaWG == 3));
+  static_assert(kBlockN == kFp8ScaleBlock, "one k_descale per K block");
+  static_assert(kHeadDim % 32 == 0);
+  static constexpr int kProducerRegs = kNumMmaWG == 2 ? 24 : 32;
+  static constexpr int kConsumerRegs = kNumMmaWG == 2 ? 240 : 160;
+
+  using AtomLayoutMma = Layout<Shape<Int<kNumMmaWG>, _1, _1>>;
+  using TiledMmaQK = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(),
+      AtomLayoutMma{}));
+  // P (registers) x Vt (smem, keys contiguous): both K-major, as FP8 WGMMA requires.
+  using TiledMmaPV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>>(),
+      AtomLayoutMma{}));
+
+  using SmemAtomQK = decltype(k_major_smem_atom_bytes<Element, kHeadDim>());
+  using SmemLayoutQ = decltype(tile_to_shape(SmemAtomQK{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  using SmemLayoutK =
+      decltype(tile_to_shape(SmemAtomQK{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  using SmemAtomVt = decltype(k_major_smem_atom_bytes<Element, kBlockN>());
+  using SmemLayoutVt =
+      decltype(tile_to_shape(SmemAtomVt{}, Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}));
+  using SmemLayoutO = decltype(tile_to_shape(k_major_smem_atom_bytes<OutElement, kHeadDim>(),
+                                             Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+
+  // Q, K, O as (seqlen, d, head, batch), d contiguous; Vt as (d, key slot, head, batch).
+  using GLayout = Layout<Shape<int32_t, int32_t, int32_t, int32_t>, Stride<int64_t, _1, int64_t, int64_t>>;
+  using GLayoutVt = Layout<Shape<int32_t, int32_t, int32_t, int32_t>, Stride<int64_t, _1, int64_t, int64_t>>;
+  using GTensorIn = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GLayout{}));
+  using GTensorOut = decltype(make_tensor(make_gmem_ptr(static_cast<OutElement*>(nullptr)), GLayout{}));
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorIn{}, SmemLayoutQ{},
+                                      Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorIn{}, take<0, 2>(SmemLayoutK{}),
+                                      Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  using TmaVt = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorIn{}, take<0, 2>(SmemLayoutVt{}),
+                                       Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}));
+  using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{}, GTensorOut{}, SmemLayoutO{},
+                                      Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim;
+  static constexpr uint32_t kTmaBytesKV = kBlockN * kHeadDim;
+
+  struct Barriers {
+    uint64_t q_full, q_empty;
+    uint64_t k_full[kStages], k_empty[kStages];
+    uint64_t v_full[kStages], v_empty[kStages];
+    uint64_t sched_full[2], sched_empty[2];
+    int sched_tile[2];
+  };
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutVt>> smem_vt;
+    alignas(1024) cute::array_aligned<OutElement, cosize_v<SmemLayoutO>> smem_o;
+    alignas(16) Barriers bar;
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+
+  struct Params {
+    TmaQ tma_q;
+    TmaK tma_k;
+    TmaVt tma_vt;
+    TmaO tma_o;
+    OutElement* o;  // plain stores for tiles with no visible key
+    int64_t o_row_stride, o_head_stride, o_batch_stride;
+    float* lse;
+    const float* q_descale;  // (B, Hq, q_scale_blocks)
+    const float* k_descale;  // (B, Hk, k_scale_blocks)
+    const float* v_descale;  // (B, Hk)
+    int q_scale_blocks, k_scale_blocks;
+    int seqlen_q, seqlen_k, heads_q, heads_k, batch, head_dim;
+    int group;
+    int num_m_blocks, num_tiles;
+    int window_left, window_right;
+    bool longest_first;
+    bool rotate_blocks;
+    int* tile_counter;
+    float scale_log2;     // log2(e) * softmax_scale, or log2(e) * softcap with softcap
+    float softcap_scale;  // softmax_scale / softcap (softcap only)
+  };
+};
+
+// Tried and dropped (H100, 16k tokens, d 128): a quarter of the exp2s as an FMA-pipe cubic
+// (MUFU offload) measured 750 vs 826 TFLOPs/s, so MUFU is not what bounds this kernel.
+//
+// Tile choices (smem: Q + kStages * (K + Vt) + O(bf16); limit 227 KB):
+//   d 64 : 192 x 128, 3 WGs: 12 + 2*(8+8) + 24 = 68 KB; S 64 + P 16 + O 32 regs in 160.
+//   d 128: 128 x 128, 2 WGs: 16 + 2*(16+16) + 32 = 112 KB.
+//   d 256: 128 x 128, 2 WGs: 32 + 2*(32+32) + 64 = 224 KB; S 64 + P 16 + O 128 regs in 240.
+// kBlockN is pinned to the 128-key descale block (one k_descale per block).
+template <int kHeadDim>
+struct Fp8FwdConfig;
+template <> struct Fp8FwdConfig<64> { using Traits = Fp8FwdTraits<64, 192, 128, 2>; };
+// (192 x 128 with 3 WGs at d 128 spilled 164 B at the 160-register budget and measured 688 vs 804
+// TFLOPs/s at 16k.)
+template <> struct Fp8FwdConfig<128> { using Traits = Fp8FwdTraits<128, 128, 128, 2>; };
+template <> struct Fp8FwdConfig<256> { using Traits = Fp8FwdTraits<256, 128, 128, 2>; };
+
+// Four floats -> four e4m3 bytes of one register, a in the lowest byte (round to nearest,
+// saturating: P <= 256 is far below e4m3's 448).
+CUTE_DEVICE uint32_t pack_e4m3x4(float a, float b, float c, float d) {
+  uint16_t lo, hi;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(b), "f"(a));
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(d), "f"(c));
+  return uint32_t(lo) | (uint32_t(hi) << 16);
+}
+
+template <class Traits, bool kSoftcap>
+__global__ void __launch_bounds__(Traits::kNumThreads, 1)
+    fwd_sm90_fp8_kernel(CUTE_GRID_CONSTANT typename Traits::Params const p) {
+  using Element = typename Traits::Element;
+  using OutElement = typename Traits::OutElement;
+  using SharedStorage = typename Traits::SharedStorage;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kStages = Traits::kStages;
+  constexpr int kNumMmaWG = Traits::kNumMmaWG;
+  constexpr int kNumMmaThreads = Traits::kNumMmaThreads;
+  // Consumers release smem stages one arrival per warp (after each lane's own wgmma wait):
+  // 8-12 arrivals per stage instead of 256-384 on the same mbarrier word.
+  constexpr int kNumMmaWarps = kNumMmaThreads / 32;
+  using ClusterBarrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  using NamedBarrier = cutlass::arch::NamedBarrier;
+
+  extern __shared__ char smem_raw[];
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw);
+  auto release = [](uint64_t* bar) {
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) ClusterBarrier::arrive(bar);
+  };
+
+  const int warp_idx = cutlass::canonical_warp_idx_sync();
+  const int wg_idx = cutlass::canonical_warp_group_idx();
+
+  if (warp_idx == 0 && cute::elect_one_sync()) {
+    prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
+    prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
+    prefetch_tma_descriptor(p.tma_vt.get_tma_descriptor());
+    prefetch_tma_descriptor(p.tma_o.get_tma_descriptor());
+    ClusterBarrier::init(&ss.bar.q_full, 1);
+    ClusterBarrier::init(&ss.bar.q_empty, kNumMmaWarps);
+    CUTE_UNROLL
+    for (int s = 0; s < kStages; ++s) {
+      ClusterBarrier::init(&ss.bar.k_full[s], 1);
+      ClusterBarrier::init(&ss.bar.v_full[s], 1);
+      ClusterBarrier::init(&ss.bar.k_empty[s], kNumMmaWarps);
+      ClusterBarrier::init(&ss.bar.v_empty[s], kNumMmaWarps);
+    }
+    CUTE_UNROLL
+    for (int s = 0; s < 2; ++s) {
+      ClusterBarrier::init(&ss.bar.sched_full[s], 1);
+      ClusterBarrier::init(&ss.bar.sched_empty[s], kNumMmaWarps);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.smem_vt.data()), typename Traits::SmemLayoutVt{});
+
+  if (wg_idx == 0) {
+    // ------------------------------------------------------------------ producer
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (warp_idx != 0 || !cute::elect_one_sync()) return;
+
+    Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
+    Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seqlen_k, p.head_dim, p.heads_k, p.batch));
+    Tensor mVt = p.tma_vt.get_tma_tensor(make_shape(p.head_dim, p.seqlen_k, p.heads_k, p.batch));
+    int k_stage = 0, v_stage = 0;
+    uint32_t k_phase = 0, v_phase = 0;
+    int tiles_done = 0;
+    auto next_tile = [&](int tile, int sched) {
+      if (p.tile_counter == nullptr) return tile + int(gridDim.x);
+      const int next = atomicAdd(p.tile_counter, 1) + int(gridDim.x);
+      const int slot = sched & 1;
+      ClusterBarrier::wait(&ss.bar.sched_empty[slot], ((sched >> 1) & 1) ^ 1);
+      ss.bar.sched_tile[slot] = next;
+      ClusterBarrier::arrive(&ss.bar.sched_full[slot]);
+      return next;
+    };
+    for (int tile = blockIdx.x, sched = 0; tile < p.num_tiles; tile = next_tile(tile, sched++)) {
+      int m_block, head, batch;
+      tile_coord<Traits>(p, tile, m_block, head, batch);
+      const BlockRange r =
+          block_range<kBlockM, kBlockN>(m_block, p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+      if (r.n_min >= r.n_max) continue;
+      const int head_k = head / p.group;
+
+      Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                             make_coord(m_block, _0{}));
+      Tensor gK = local_tile(mK(_, _, head_k, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                             make_coord(_, _0{}));  // (kBlockN, d, n)
+      Tensor gVt = local_tile(mVt(_, _, head_k, batch), Shape<Int<kHeadDim>, Int<kBlockN>>{},
+                              make_coord(_0{}, _));  // (d, kBlockN, n)
+      auto tQ = tma_partition(p.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+      auto tK = tma_partition(p.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+      auto tV = tma_partition(p.tma_vt, _0{}, Layout<_1>{}, group_modes<0, 2>(sVt), group_modes<0, 2>(gVt));
+      Tensor tQg = get<0>(tQ);
+      Tensor tQs = get<1>(tQ);
+      Tensor tKg = get<0>(tK);
+      Tensor tKs = get<1>(tK);
+      Tensor tVg = get<0>(tV);
+      Tensor tVs = get<1>(tV);
+
+      auto load_k = [&](int n) {
+        ClusterBarrier::wait(&ss.bar.k_empty[k_stage], k_phase ^ 1);
+        TxBarrier::arrive_and_expect_tx(&ss.bar.k_full[k_stage], Traits::kTmaBytesKV);
+        copy(p.tma_k.with(ss.bar.k_full[k_stage], 0, TMA::CacheHintSm90::EVICT_LAST), tKg(_, n),
+             tKs(_, k_stage));
+        if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
+      };
+      auto load_v = [&](int n) {
+        ClusterBarrier::wait(&ss.bar.v_empty[v_stage], v_phase ^ 1);
+        TxBarrier::arrive_and_expect_tx(&ss.bar.v_full[v_stage], Traits::kTmaBytesKV);
+        copy(p.tma_vt.with(ss.bar.v_full[v_stage], 0, TMA::CacheHintSm90::EVICT_LAST), tVg(_, n),
+             tVs(_, v_stage));
+        if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+      };
+
+      const BlockOrder order(r, m_block, p.rotate_blocks);
+      load_k(order(0));
+      if (tiles_done > 0) ClusterBarrier::wait(&ss.bar.q_empty, (tiles_done - 1) & 1);
+      TxBarrier::arrive_and_expect_tx(&ss.bar.q_full, Traits::kTmaBytesQ);
+      copy(p.tma_q.with(ss.bar.q_full, 0, TMA::CacheHintSm90::EVICT_FIRST), tQg, tQs);
+      for (int j = 1; j < order.count(); ++j) {
+        load_k(order(j));
+        load_v(order(j - 1));
+      }
+      load_v(order(order.count() - 1));
+      ++tiles_done;
+    }
+    return;
+  }
+
+  // -------------------------------------------------------------------- consumers
+  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+  const int mma_tid = threadIdx.x - 128;
+  const int mma_wg = wg_idx - 1;
+  if (mma_wg == kNumMmaWG - 1) NamedBarrier::arrive(256, kBarPingpong0 + 0);
+  auto pingpong_wait = [&] { NamedBarrier::sync(256, kBarPingpong0 + mma_wg); };
+  auto pingpong_pass = [&] { NamedBarrier::arrive(256, kBarPingpong0 + (mma_wg + 1) % kNumMmaWG); };
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(mma_tid);
+  auto thr_pv = mma_pv.get_thread_slice(mma_tid);
+
+  Tensor sO = make_tensor(make_smem_ptr(ss.smem_o.data()), typename Traits::SmemLayoutO{});
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K)
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+  Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  // P as the e4m3 A operand: ((4, 2, 2), MMA_M = 1, kBlockN / 32), 4 registers per 32 keys.
+  Tensor tOrP = make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  static_assert(decltype(size(tOrP))::value == decltype(size(tSrS))::value);
+
+  Tensor S = make_tensor(tSrS.data(), acc_rowcol(tSrS.layout()));
+  Tensor O = make_tensor(tOrO.data(), acc_rowcol(tOrO.layout()));
+  Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  Tensor cS = make_tensor(tScS.data(), acc_rowcol(tScS.layout()));
+  constexpr int kRows = decltype(size<0>(S))::value;
+  constexpr int kCols = decltype(size<1>(S))::value;
+  // Running max of the log2-scaled logits (-inf: nothing visible yet), row sums relative to
+  // (running max - kMaxOffset), O rescale factors, per-row q multipliers.
+  float row_max[kRows], row_sum[kRows], row_scale[kRows], row_mult[kRows];
+  constexpr float kMaxOffset = 8.f;
+
+  const int off = p.seqlen_k - p.seqlen_q;
+  int k_stage = 0, v_stage = 0;
+  uint32_t k_phase = 0, v_phase = 0;
+  int tiles_done = 0;
+  auto next_tile = [&](int tile, int sched) {
+    if (p.tile_counter == nullptr) return tile + int(gridDim.x);
+    const int slot = sched & 1;
+    ClusterBarrier::wait(&ss.bar.sched_full[slot], (sched >> 1) & 1);
+    const int next = ss.bar.sched_tile[slot];
+    release(&ss.bar.sched_empty[slot]);
+    return next;
+  };
+
+  for (int tile = blockIdx.x, sched = 0; tile < p.num_tiles; tile = next_tile(tile, sched++)) {
+    int m_block, head, batch;
+    tile_coord<Traits>(p, tile, m_block, head, batch);
+    const BlockRange r =
+        block_range<kBlockM, kBlockN>(m_block, p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+
+    if (r.n_min >= r.n_max) {
+      constexpr int kVec = 8;  // 16 B of bf16; head_dim % 16 == 0
+      const int vecs_per_row = p.head_dim / kVec;
+      for (int i = mma_tid; i < kBlockM * vecs_per_row; i += kNumMmaThreads) {
+        const int row = m_block * kBlockM + i / vecs_per_row;
+        if (row < p.seqlen_q) {
+          OutElement* dst = p.o + batch * p.o_batch_stride + int64_t(row) * p.o_row_stride +
+                            head * p.o_head_stride + (i % vecs_per_row) * kVec;
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+        }
+      }
+      if (p.lse != nullptr) {
+        for (int i = mma_tid; i < kBlockM; i += kNumMmaThreads) {
+          const int row = m_block * kBlockM + i;
+          if (row < p.seqlen_q)
+            p.lse[(int64_t(batch) * p.heads_q + head) * p.seqlen_q + row] = -INFINITY;
+        }
+      }
+      continue;
+    }
+    const int head_k = head / p.group;
+    const float* k_descale = p.k_descale + (int64_t(batch) * p.heads_k + head_k) * p.k_scale_blocks;
+    const float v_descale = p.v_descale[int64_t(batch) * p.heads_k + head_k];
+
+    int col_lo[kRows], col_hi[kRows];
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const int row = m_block * kBlockM + get<0>(cS(i, 0));
+      col_hi[i] = p.window_right >= 0 ? min(p.seqlen_k, row + off + p.window_right + 1) : p.seqlen_k;
+      col_lo[i] = p.window_left >= 0 ? row + off - p.window_left : INT_MIN;
+      row_max[i] = -INFINITY;
+      row_sum[i] = 0.f;
+      const int qb = min(row, p.seqlen_q - 1) / kFp8ScaleBlock;
+      const float qd = p.q_descale[(int64_t(batch) * p.heads_q + head) * p.q_scale_blocks + qb];
+      row_mult[i] = qd * (kSoftcap ? p.softcap_scale : p.scale_log2);
+    }
+    const int tile_row_lo = m_block * kBlockM, tile_row_hi = (m_block + 1) * kBlockM - 1;
+    auto block_needs_mask = [&](int n) {
+      const int c0 = n * kBlockN, c1 = (n + 1) * kBlockN - 1;
+      return c1 >= p.seqlen_k || (p.window_right >= 0 && c1 > tile_row_lo + off + p.window_right) ||
+             (p.window_left >= 0 && c0 < tile_row_hi + off - p.window_left);
+    };
+
+    // softcap, mask, online softmax of block n with k descale kd.
+    auto softmax_step = [&](int n, float kd, bool first) {
+      float row_c[kRows];  // log2 scale of each row's raw logits for this block
+      if constexpr (kSoftcap) {
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) {
+          const float m = row_mult[i] * kd;
+          CUTE_UNROLL
+          for (int j = 0; j < kCols; ++j) S(i, j) = fast_tanh(S(i, j) * m);
+          row_c[i] = p.scale_log2;
+        }
+      } else {
+        // Clamped above 0 so masked -inf logits stay -inf (a zero descale would make them NaN).
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) row_c[i] = fmaxf(row_mult[i] * kd, 1e-30f);
+      }
+      if (block_needs_mask(n)) {
+        const int c0 = n * kBlockN;
+        CUTE_UNROLL
+        for (int j = 0; j < kCols; ++j) {
+          const int col = c0 + get<1>(cS(0, j));
+          CUTE_UNROLL
+          for (int i = 0; i < kRows; ++i)
+            if (col >= col_hi[i] || col < col_lo[i]) S(i, j) = -INFINITY;
+        }
+      }
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        float mx = -INFINITY;
+        CUTE_UNROLL
+        for (int j = 0; j < kCols; ++j) mx = fmaxf(mx, S(i, j));
+        mx = quad_max(mx);
+        const float new_max = fmaxf(row_max[i], mx == -INFINITY ? -INFINITY : mx * row_c[i]);
+        // Nothing visible yet: subtract 0 so exp2 sees -inf, not NaN.
+        const float sub = new_max == -INFINITY ? 0.f : new_max - kMaxOffset;
+        row_scale[i] = first ? 1.f : exp2f(row_max[i] - (new_max == -INFINITY ? 0.f : new_max));
+        row_max[i] = new_max;
+        float sum = 0.f;
+        CUTE_UNROLL
+        for (int j = 0; j < kCols; ++j) {
+          S(i, j) = exp2f(fmaf(S(i, j), row_c[i], -sub));
+          sum += S(i, j);
+        }
+        row_sum[i] = first ? sum : row_sum[i] * row_scale[i] + sum;
+      }
+    };
+    // Accumulator registers -> e4m3 A fragment. In each 32-key slice the accumulator holds, per
+    // 8-column group g, (row r: c, c+1; row r+8: c, c+1); register a0 takes row r of groups 0-1,
+    // a1 row r+8 of groups 0-1, a2/a3 the same for groups 2-3 (see fp8_key_of_slot).
+    auto convert_p = [&] {
+      Tensor rP32 = recast<uint32_t>(tOrP);
+      CUTE_UNROLL
+      for (int s = 0; s < kBlockN / 32; ++s) {
+        CUTE_UNROLL
+        for (int t = 0; t < 4; ++t) {
+          const int b = 16 * s + (t & 1) * 2 + (t >> 1) * 8;
+          rP32(4 * s + t) = pack_e4m3x4(tSrS(b), tSrS(b + 1), tSrS(b + 4), tSrS(b + 5));
+        }
+      }
+    };
+
+    const BlockOrder order(r, m_block, p.rotate_blocks);
+    float kd_next = k_descale[order(0)];
+    ClusterBarrier::wait(&ss.bar.q_full, tiles_done & 1);
+
+    ClusterBarrier::wait(&ss.bar.k_full[k_stage], k_phase);
+    pingpong_wait();
+    wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
+    pingpong_pass();
+    float kd = kd_next;
+    if (order.count() > 1) kd_next = k_descale[order(1)];
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tSrS);
+    release(&ss.bar.k_empty[k_stage]);
+    if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
+    softmax_step(order(0), kd, true);
+    convert_p();
+    clear(tOrO);
+
+    for (int j = 1; j < order.count(); ++j) {
+      ClusterBarrier::wait(&ss.bar.k_full[k_stage], k_phase);
+      pingpong_wait();
+      wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
+      ClusterBarrier::wait(&ss.bar.v_full[v_stage], v_phase);
+      wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, v_stage), tOrO);
+      pingpong_pass();
+      kd = kd_next;
+      if (j + 1 < order.count()) kd_next = k_descale[order(j + 1)];
+      warpgroup_wait<1>();
+      warpgroup_fence_operand(tSrS);
+      release(&ss.bar.k_empty[k_stage]);
+      if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
+      softmax_step(order(j), kd, false);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      warpgroup_fence_operand(tOrP);
+      release(&ss.bar.v_empty[v_stage]);
+      if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(O); ++c) O(i, c) *= row_scale[i];
+      }
+      convert_p();
+    }
+
+    // Every QK^T of this tile is done: sQ may take the next tile's Q.
+    release(&ss.bar.q_empty);
+
+    ClusterBarrier::wait(&ss.bar.v_full[v_stage], v_phase);
+    wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, v_stage), tOrO);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrO);
+    release(&ss.bar.v_empty[v_stage]);
+    if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+
+    // Finalize: v_descale / rowsum (0 for an empty row); LSE in natural log (-inf if empty).
+    float lse[kRows];
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const float sum = quad_sum(row_sum[i]);
+      const bool empty = sum == 0.f || sum != sum;
+      const float inv = empty ? 0.f : v_descale / sum;
+      lse[i] = empty ? -INFINITY : (row_max[i] - kMaxOffset) * float(M_LN2) + __logf(sum);
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(O); ++c) O(i, c) *= inv;
+    }
+
+    // Epilogue: registers -> sO (stmatrix) -> TMA store. sO is reused across tiles: the previous
+    // tile's store must have read it.
+    if (mma_tid == 0) tma_store_wait<0>();
+    NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
+    {
+      Tensor rO = make_tensor_like<OutElement>(tOrO);
+      Tensor rO32 = recast<uint32_t>(rO);
+      CUTE_UNROLL
+      for (int i = 0; i < size(rO32); ++i) rO32(i) = pack2<OutElement>(tOrO(2 * i), tOrO(2 * i + 1));
+      auto smem_copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, OutElement>{}, mma_pv);
+      auto thr_copy_o = smem_copy_o.get_thread_slice(mma_tid);
+      Tensor tOrO_s = thr_copy_o.retile_S(rO);
+      Tensor tOsO = thr_copy_o.partition_D(sO);
+      copy(smem_copy_o, tOrO_s, tOsO);
+    }
+    cutlass::arch::fence_view_async_shared();
+    NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
+    if (mma_tid == 0) {
+      Tensor mO = p.tma_o.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
+      Tensor gO = local_tile(mO(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                             make_coord(m_block, _0{}));
+      auto cta_tma_o = p.tma_o.get_slice(_0{});
+      copy(p.tma_o, cta_tma_o.partition_S(sO), cta_tma_o.partition_D(gO));
+      tma_store_arrive();
+    }
+    if (p.lse != nullptr && (mma_tid % 4) == 0) {
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        const int row = m_block * kBlockM + get<0>(cS(i, 0));
+        if (row < p.seqlen_q) p.lse[(int64_t(batch) * p.heads_q + head) * p.seqlen_q + row] = lse[i];
+      }
+    }
+    ++tiles_done;
+  }
+  if (mma_tid == 0) tma_store_wait<0>();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host launch
+// ---------------------------------------------------------------------------------------------
+
+template <class Traits, bool kSoftcap>
+cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  using OutElement = typename Traits::OutElement;
+  using Params = typename Traits::Params;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+
+  auto gtensor = [&](const void* ptr, int seqlen, int heads, int64_t row, int64_t head, int64_t batch) {
+    return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
+                       make_layout(make_shape(seqlen, fp.head_dim, heads, fp.batch),
+                                   make_stride(row, _1{}, head, batch)));
+  };
+  Tensor mQ = gtensor(fp.q, fp.seqlen_q, fp.heads_q, fp.q_row_stride, fp.q_head_stride, fp.q_batch_stride);
+  Tensor mK = gtensor(fp.k, fp.seqlen_k, fp.heads_k, fp.k_row_stride, fp.k_head_stride, fp.k_batch_stride);
+  // Vt in the workspace: (d, key slot, head, batch), dense (B, Hk, Dv, Sk_pad). Its extent along
+  // the keys is Sk_pad: the pre-pass zero-filled the padding slots (a permuted slot below Sk may
+  // hold a key >= Sk, so TMA's zero fill at Sk would not be enough).
+  const int64_t sk_pad = fwd_fp8_seqlen_k_padded(fp.seqlen_k);
+  const Element* vt = reinterpret_cast<const Element*>(static_cast<const char*>(fp.workspace) + kFp8VtOffset);
+  Tensor mVt = make_tensor(make_gmem_ptr(vt),
+                           make_layout(make_shape(fp.head_dim_v, int(sk_pad), fp.heads_k, fp.batch),
+                                       make_stride(sk_pad, _1{}, sk_pad * fp.head_dim_v,
+                                                   sk_pad * fp.head_dim_v * fp.heads_k)));
+  Tensor mO = make_tensor(make_gmem_ptr(static_cast<OutElement*>(fp.out)),
+                          make_layout(make_shape(fp.seqlen_q, fp.head_dim, fp.heads_q, fp.batch),
+                                      make_stride(fp.o_row_stride, _1{}, fp.o_head_stride, fp.o_batch_stride)));
+
+  Params p;
+  p.tma_q = make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{},
+                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
+  p.tma_k = make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutK{}),
+                          Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+  p.tma_vt = make_tma_copy(SM90_TMA_LOAD{}, mVt, take<0, 2>(typename Traits::SmemLayoutVt{}),
+                           Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{});
+  p.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{},
+                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
+  p.o = static_cast<OutElement*>(fp.out);
+  p.o_row_stride = fp.o_row_stride;
+  p.o_head_stride = fp.o_head_stride;
+  p.o_batch_stride = fp.o_batch_stride;
+  p.lse = fp.lse;
+  p.q_descale = fp.q_descale;
+  p.k_descale = fp.k_descale;
+  p.v_descale = fp.v_descale;
+  p.q_scale_blocks = (fp.seqlen_q + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
+  p.k_scale_blocks = (fp.seqlen_k + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
+  p.seqlen_q = fp.seqlen_q;
+  p.seqlen_k = fp.seqlen_k;
+  p.heads_q = fp.heads_q;
+  p.heads_k = fp.heads_k;
+  p.batch = fp.batch;
+  p.head_dim = fp.head_dim;
+  p.group = fp.heads_q / fp.heads_k;
+  p.num_m_blocks = (fp.seqlen_q + kBlockM - 1) / kBlockM;
+  p.num_tiles = p.num_m_blocks * fp.heads_q * fp.batch;
+  const int max_window = fp.seqlen_q + fp.seqlen_k;
+  p.window_left = fp.mask.window_left < max_window ? fp.mask.window_left : max_window;
+  p.window_right = fp.mask.window_right < max_window ? fp.mask.window_right : max_window;
+  p.longest_first = fp.mask.window_right >= 0 || fp.mask.window_left >= 0;
+  p.rotate_blocks = false;
+  p.tile_counter = nullptr;
+  if (p.longest_first) {
+    p.tile_counter = static_cast<int*>(fp.workspace);
+    cudaError_t err = cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream);
+    if (err != cudaSuccess) return err;
+  }
+  constexpr float kLog2e = 1.4426950408889634f;
+  if (kSoftcap) {
+    p.softcap_scale = fp.softmax_scale / fp.mask.softcap;
+    p.scale_log2 = fp.mask.softcap * kLog2e;
+  } else {
+    p.softcap_scale = 0.f;
+    p.scale_log2 = fp.softmax_scale * kLog2e;
+  }
+
+  auto kernel = fwd_sm90_fp8_kernel<Traits, kSoftcap>;
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  static std::atomic<uint64_t> smem_attr_set{0};
+  const uint64_t dev_bit = dev < 64 ? (uint64_t(1) << dev) : 0;
+  if (dev_bit == 0 || !(smem_attr_set.load(std::memory_order_relaxed) & dev_bit)) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    smem_attr_set.fetch_or(dev_bit, std::memory_order_relaxed);
+  }
+  int num_sms = fp.num_sms;
+  if (num_sms <= 0) {
+    err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
+    if (err != cudaSuccess) return err;
+  }
+  const int grid = p.num_tiles < num_sms ? p.num_tiles : num_sms;
+  if (grid <= 0) return cudaSuccess;
+  kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int kHeadDim>
+cudaError_t run_fwd_sm90_fp8_hdim(const Fp8FwdParams& p, cudaStream_t stream) {
+  using Traits = typename Fp8FwdConfig<kHeadDim>::Traits;
+  if (p.mask.softcap != 0.f) return launch_fwd_sm90_fp8<Traits, true>(p, stream);
+  return launch_fwd_sm90_fp8<Traits, false>(p, stream);
+}
+
+}  // namespace jax_flash3::sm90
