@@ -111,7 +111,11 @@ def bench_config(mesh, seq, causal, opts):
     # Random data, so the zigzag order of the explicit variant needs no conversion to time it.
     ring = lambda q, k, v: jax_flash3.ring_attention(q, k, v, "seq", **kwargs)
     if "explicit" in opts.modes:
-        row.update(measure("ring", explicit(ring, 3, 1), explicit(with_vjp(ring), 4, 3), sharded,
+        ring_fwd = explicit(ring, 3, 1)
+        if opts.dump_hlo:  # where XLA put the collective-permute start/done around the kernels
+            path = pathlib.Path(opts.dump_hlo) / f"ring_fwd_{seq}_{int(causal)}.txt"
+            path.write_text(ring_fwd.lower(*sharded[:3]).compile().as_text())
+        row.update(measure("ring", ring_fwd, explicit(with_vjp(ring), 4, 3), sharded,
                            per_device, opts))
     if "jit" in opts.modes:
         row.update(measure("ring_jit", jax.jit(attend), jax.jit(with_vjp(attend)), sharded,
@@ -178,6 +182,7 @@ def main(argv=None):
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--dump-hlo", default=None, help="write the compiled ring forward HLO here (a folder)")
     ap.add_argument("--warmup-s", type=float, default=5.0,
                     help="seconds of attention on every device before the first measurement")
     opts = ap.parse_args(argv)
