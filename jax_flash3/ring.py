@@ -175,14 +175,38 @@ def _axis_index(axis_name: tuple[str, ...]):
 
 
 def _ppermute(x, axis_name: tuple[str, ...], perm):
+    if all(src == dst for src, dst in perm):  # e.g. the even chunks of a 2-device zigzag reorder
+        return x
     name = axis_name if len(axis_name) > 1 else axis_name[0]
     return jax.tree.map(lambda a: lax.ppermute(a, name, perm), x)
 
 
 def _shift(x, spec: RingSpec):
-    """Send to the next device on the ring."""
+    """Send to the next device on the ring: one ``ppermute`` per dtype, not one per array.
+
+    The arrays of one dtype (K and V; dK and dV) travel as one flat buffer. XLA's GPU scheduler
+    keeps few collectives in flight at once (one by default), so two transfers beside one kernel
+    call serialize: only the first hides under the compute. Packing costs one on-device copy.
+    """
     n = spec.num_devices
-    return _ppermute(x, spec.axis_name, [(i, (i + 1) % n) for i in range(n)])
+    perm = [(i, (i + 1) % n) for i in range(n)]
+    leaves, tree = jax.tree.flatten(x)
+    out = list(leaves)
+    by_dtype: dict = {}
+    for i, a in enumerate(leaves):
+        by_dtype.setdefault(jnp.dtype(a.dtype), []).append(i)
+    for idx in by_dtype.values():
+        if len(idx) == 1:
+            out[idx[0]] = _ppermute(leaves[idx[0]], spec.axis_name, perm)
+            continue
+        flat = jnp.concatenate([leaves[i].reshape(-1) for i in idx])
+        flat = _ppermute(flat, spec.axis_name, perm)
+        offset = 0
+        for i in idx:
+            size = leaves[i].size
+            out[i] = lax.slice_in_dim(flat, offset, offset + size).reshape(leaves[i].shape)
+            offset += size
+    return jax.tree.unflatten(tree, out)
 
 
 def _fill(ref, value, shape, dtype=_F32):
