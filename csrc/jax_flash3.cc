@@ -21,6 +21,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_flash3_fwd, jax_flash3::FwdImpl,
                                   .Attr<int32_t>("window_left")
                                   .Attr<int32_t>("window_right")
                                   .Attr<float>("softcap")
+                                  .Attr<int32_t>("sm_margin")  // SMs the persistent grid leaves free
                                   .Ret<ffi::AnyBuffer>()           // out
                                   .Ret<ffi::Buffer<ffi::F32>>()    // lse
                                   .Ret<ffi::Buffer<ffi::U8>>(),    // workspace

@@ -22,6 +22,9 @@ class AttentionConfig:
     softcap: float = 0.0
     deterministic: bool = False
     implementation: str = "reference"
+    # SMs the CUDA forward's persistent grid leaves idle (ring attention sets it so that the K/V
+    # transfer's communication kernel runs beside the forward instead of after it).
+    sm_margin: int = 0
     # Chosen by implementation="auto": when lowering for a non-CUDA platform, use the reference
     # path instead of the CUDA kernels.
     auto: bool = False

@@ -167,7 +167,7 @@ def fwd(q, k, v, cfg: AttentionConfig):
         jax.ShapeDtypeStruct((ws,), jnp.uint8),
     )
     call = jax.ffi.ffi_call("jax_flash3_fwd", out_types, vmap_method="broadcast_all")
-    out, lse, _ = call(q, k, v, **_attrs(cfg))
+    out, lse, _ = call(q, k, v, sm_margin=np.int32(cfg.sm_margin), **_attrs(cfg))
     return out, lse
 
 

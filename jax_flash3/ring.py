@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
@@ -34,6 +35,10 @@ from jax_flash3._config import AttentionConfig
 _F32 = jnp.float32
 
 LAYOUTS = ("zigzag", "contiguous")
+
+# SMs a hop's forward leaves to the K/V transfer's communication kernel (see _margin_spec); the
+# environment variable JAX_FLASH3_RING_SM_MARGIN sets it (read when a ring is traced).
+RING_SM_MARGIN = 0  # measured on 2 x H200 at 0/4/8/16: no effect above the ±5% noise (RESULTS.md)
 
 # What one device computes on one hop, for its local query block against the visiting K/V block.
 # With C = local length / 2 ("chunk"), a local block is 2 x 2 chunk tiles; TILES counts the tiles a
@@ -234,7 +239,8 @@ def _dispatch(rows: Sequence[Sequence[str]], hop, spec: RingSpec, branches: dict
 
 
 def _run_hops(spec: RingSpec, kv, carry, step):
-    """Drive the ring: ``carry, y = step(rows, hop, kv, carry)`` on every hop, K/V moving between.
+    """Drive the ring: ``carry, y = step(rows, hop, kv, carry, in_flight)`` on every hop, K/V moving
+    between; ``in_flight`` says whether the next block's transfer runs beside this hop.
 
     Hop 0 and the last hop are peeled and the middle hops run in one ``lax.scan``, so the compiled
     program holds three copies of the kernel calls whatever the ring size. Each hop issues the
@@ -245,7 +251,7 @@ def _run_hops(spec: RingSpec, kv, carry, step):
     last = len(schedule) - 1
     stack = lambda y: jax.tree.map(lambda a: a[None], y)
     kv_next = _shift(kv, spec) if last > 0 else None
-    carry, y = step(schedule[:1], 0, kv, carry)
+    carry, y = step(schedule[:1], 0, kv, carry, last > 0)
     ys = [stack(y)]
     if last == 0:
         return carry, ys
@@ -256,12 +262,12 @@ def _run_hops(spec: RingSpec, kv, carry, step):
         def body(state, hop):
             kv, carry = state
             kv_next = _shift(kv, spec)
-            carry, y = step(middle, hop, kv, carry)
+            carry, y = step(middle, hop, kv, carry, True)
             return (kv_next, carry), y
 
         (kv, carry), y = lax.scan(body, (kv, carry), jnp.arange(len(middle)))
         ys.append(y)
-    carry, y = step(schedule[last:], 0, kv, carry)
+    carry, y = step(schedule[last:], 0, kv, carry, False)
     ys.append(stack(y))
     return carry, ys
 
@@ -314,12 +320,21 @@ def _fwd_branches(spec: RingSpec) -> dict:
     return {FULL: full, DIAGONAL: diagonal, KV_FRONT: kv_front, Q_BACK: q_back, SKIP: skip}
 
 
+def _margin_spec(spec: RingSpec) -> RingSpec:
+    """The hop forwards that run beside a transfer leave SMs free for its communication kernel:
+    the forward's grid is persistent (one CTA per SM, each holding a whole SM), so without a margin
+    the transfer only starts once the forward ends and nothing overlaps."""
+    margin = spec.cfg.sm_margin or int(os.environ.get("JAX_FLASH3_RING_SM_MARGIN", RING_SM_MARGIN))
+    return dataclasses.replace(spec, cfg=spec.cfg.replace(sm_margin=int(margin)))
+
+
 def ring_fwd(q, k, v, spec: RingSpec):
     """Per-device ring forward: ``(out (B, Sq, Hq, Dv) in q.dtype, lse f32 (B, Hq, Sq))``."""
     branches = _fwd_branches(spec)
+    branches_in_flight = _fwd_branches(_margin_spec(spec))
 
-    def step(rows, hop, kv, carry):
-        return carry, _dispatch(rows, hop, spec, branches, q, *kv)
+    def step(rows, hop, kv, carry, in_flight):
+        return carry, _dispatch(rows, hop, spec, branches_in_flight if in_flight else branches, q, *kv)
 
     _, pieces = _run_hops(spec, (k, v), (), step)
     out, lse = _merge(pieces)
@@ -366,7 +381,7 @@ def ring_bwd(q, k, v, out, lse, dout, dlse, spec: RingSpec):
         dlse = _fill(lse, 0.0, lse.shape)
     branches = _bwd_branches(spec)
 
-    def step(rows, hop, kv, dkv):
+    def step(rows, hop, kv, dkv, in_flight):
         dq, dk, dv = _dispatch(rows, hop, spec, branches, q, *kv, out, lse, dout, dlse)
         dk, dv = dk.astype(_F32), dv.astype(_F32)
         if dkv is not None:

@@ -148,13 +148,18 @@ ffi::Error LaunchError(const char* what, cudaError_t err) {
 
 ffi::Error FwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                    float softmax_scale, int32_t window_left, int32_t window_right, float softcap,
-                   ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                   int32_t sm_margin, ffi::Result<ffi::AnyBuffer> out,
+                   ffi::Result<ffi::Buffer<ffi::F32>> lse,
                    ffi::Result<ffi::Buffer<ffi::U8>> workspace) {
   FwdParams p;
   if (auto e = FillCommon(q, k, v, softmax_scale, window_left, window_right, softcap, &p);
       e.failure()) {
     return e;
   }
+  if (sm_margin < 0) {
+    return ffi::Error::InvalidArgument("jax_flash3: sm_margin must be >= 0");
+  }
+  p.num_sms = sm_margin < p.num_sms ? p.num_sms - sm_margin : 1;
   if (out->element_type() != q.element_type()) {
     return ffi::Error::InvalidArgument("jax_flash3: out must have q's dtype");
   }
