@@ -88,6 +88,7 @@ class ModelConfig:
     heads: int
     kv_heads: int
     dtype: Any = jnp.float32
+    fp8: bool = False  # FP8 attention forward (precision="fp8"); backward in `dtype`
 
 
 def _constrain(x, sharding):
@@ -108,6 +109,7 @@ class Block(nn.Module):
             causal=True,
             use_bias=False,
             dtype=cfg.dtype,
+            fp8=cfg.fp8,
             name="attn",
         )(h)
         x = _constrain(x + h, self.act_sharding)
@@ -272,6 +274,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--sample", type=int, default=120, help="characters to generate at the end (0: none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fp8", action="store_true",
+                   help="FP8 attention forward (q/k/v quantized to e4m3 inside the step; the "
+                        "backward runs in --dtype)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p.parse_args(argv)
 
@@ -293,7 +298,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--d-model ({args.d_model}) must divide by --heads ({args.heads}) and "
                          f"--heads by --kv-heads ({kv_heads})")
     cfg = ModelConfig(tokenizer.vocab_size, args.seq_len, args.layers, args.d_model, args.heads,
-                      kv_heads, dtype)
+                      kv_heads, dtype, args.fp8)
     log_every = args.log_every or max(1, args.steps // 10)
     train_batches = batches(train_data, args.batch, args.seq_len, args.seed)
     val = [next(batches(val_data, args.batch, args.seq_len, args.seed + 1 + i))
