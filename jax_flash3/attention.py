@@ -112,7 +112,7 @@ def _resolve_implementation(implementation: str, q, v, fp8: bool = False) -> str
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "reference":
         return "reference"
-    why = _fp8_cuda_blocker(q, v) if fp8 else _cuda_blocker(q, v)
+    why = _cuda_blocker(q, v, fp8=fp8)
     if why is None:
         return "cuda"
     if implementation == "cuda":
@@ -135,26 +135,20 @@ def _on_gpu(x) -> bool:
     return jax.default_backend() == "gpu"
 
 
-def _cuda_blocker(q, v) -> str | None:
-    dtype = jnp.dtype(q.dtype)
-    if dtype not in _ffi.CUDA_DTYPES:
-        return f"the CUDA kernels take bfloat16 or float16, got {dtype.name}"
+def _cuda_blocker(q, v, fp8: bool = False) -> str | None:
+    """Why the CUDA path (the FP8 forward with ``fp8``) cannot run these inputs, or None."""
     d, dv = q.shape[-1], v.shape[-1]
-    if d % 8 or dv % 8:
-        return f"the CUDA kernels need head dims that are multiples of 8, got {d} and {dv}"
-    why = _ffi.unavailable_reason()
-    if why is not None:
-        return why
-    if not _on_gpu(q):
-        return "the inputs do not live on a GPU"
-    return None
-
-
-def _fp8_cuda_blocker(q, v) -> str | None:
-    d, dv = q.shape[-1], v.shape[-1]
-    if d % 8 or d != dv:
-        return f"the FP8 kernel needs equal head dims of q/k and v, multiples of 8; got {d} and {dv}"
-    why = _ffi.fp8_unavailable_reason()
+    if fp8:
+        if d % 8 or d != dv:
+            return f"the FP8 kernel needs equal head dims of q/k and v, multiples of 8; got {d} and {dv}"
+        why = _ffi.fp8_unavailable_reason()
+    else:
+        dtype = jnp.dtype(q.dtype)
+        if dtype not in _ffi.CUDA_DTYPES:
+            return f"the CUDA kernels take bfloat16 or float16, got {dtype.name}"
+        if d % 8 or dv % 8:
+            return f"the CUDA kernels need head dims that are multiples of 8, got {d} and {dv}"
+        why = _ffi.unavailable_reason()
     if why is not None:
         return why
     if not _on_gpu(q):

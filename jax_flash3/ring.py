@@ -331,7 +331,8 @@ def _margin_spec(spec: RingSpec) -> RingSpec:
 def ring_fwd(q, k, v, spec: RingSpec):
     """Per-device ring forward: ``(out (B, Sq, Hq, Dv) in q.dtype, lse f32 (B, Hq, Sq))``."""
     branches = _fwd_branches(spec)
-    branches_in_flight = _fwd_branches(_margin_spec(spec))
+    margin_spec = _margin_spec(spec)
+    branches_in_flight = branches if margin_spec.cfg == spec.cfg else _fwd_branches(margin_spec)
 
     def step(rows, hop, kv, carry, in_flight):
         return carry, _dispatch(rows, hop, spec, branches_in_flight if in_flight else branches, q, *kv)
