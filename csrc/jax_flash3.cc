@@ -97,8 +97,8 @@ extern "C" size_t jax_flash3_fwd_workspace_bytes(int b, int sq, int sk, int hq, 
   return jax_flash3::fwd_workspace_bytes(p);
 }
 
-// The fp8 handler's dense strides matter here: whether the Hopper kernel (which needs a
-// workspace for V transposed) or the fallback runs depends on them.
+// The fp8 handler's dense strides matter here: whether the Hopper kernel (whose workspace holds
+// its tile counter and, when V is transposed by a pre-pass, Vt) or the fallback runs depends on them.
 extern "C" size_t jax_flash3_fwd_fp8_workspace_bytes(int b, int sq, int sk, int hq, int hk, int d,
                                                      int dv, int window_left, int window_right) {
   jax_flash3::Fp8FwdParams p;

@@ -1067,6 +1067,7 @@ GPU_GQA_CASES = {
     "hq2-hk2": Case(b=2, sq=1000, sk=1000, hq=2, hk=2, d=128),
     "hq8-hk2-causal": Case(b=1, sq=1000, sk=1000, hq=8, hk=2, d=128, causal=True),
     "hq8-hk1": Case(b=1, sq=113, sk=1000, hq=8, hk=1, d=64),
+    "hq8-hk1-d64-long": Case(b=1, sq=1000, sk=1000, hq=8, hk=1, d=64),
 }
 GPU_MASK_CASES = {
     "window_3_0": Case(b=1, sq=1000, sk=1000, hq=4, hk=2, d=64, window=(3, 0)),
@@ -1085,6 +1086,10 @@ GPU_SOFTCAP_CASES = {
         b=1, sq=113, sk=1000, hq=2, hk=1, d=256, window=(64, 0), softcap=30.0, q_scale=3.0
     ),
 }
+# The Hopper kernel gets V K-major either by transposing it in the kernel or from a pre-pass
+# (csrc/kernels/hopper/fwd_sm90_fp8.h): in the kernel while Sq * (Hq / Hk) <= 2048 (d <= 128) or
+# 512 (d 256). Every native head dim has cases on both sides (e.g. d64: hq8-hk1 vs
+# hq8-hk1-d64-long; d128: gqa-hq2-hk2 vs gqa-hq8-hk2-causal; d256: hdim-d256 vs window_128_128).
 GPU_CASES = {
     **{f"hdim-{k}": v for k, v in GPU_HEAD_DIM_CASES.items()},
     **{f"seqlen-{k}": v for k, v in GPU_SEQLEN_CASES.items()},

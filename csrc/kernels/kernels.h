@@ -21,7 +21,7 @@ bool fwd_sm90_supported(const FwdParams& p);
 size_t fwd_sm90_workspace_bytes(const FwdParams& p);
 cudaError_t run_fwd_sm90(const FwdParams& p, cudaStream_t stream);
 
-// FP8 forward (e4m3 WGMMA); V is transposed into the workspace by a pre-pass (fwd_sm90_fp8.cu).
+// FP8 forward (e4m3 WGMMA); V transposed in the kernel or by a pre-pass into the workspace.
 bool fwd_sm90_fp8_supported(const Fp8FwdParams& p);
 size_t fwd_sm90_fp8_workspace_bytes(const Fp8FwdParams& p);
 cudaError_t run_fwd_sm90_fp8(const Fp8FwdParams& p, cudaStream_t stream);

@@ -1,12 +1,10 @@
-// jax_flash3: Hopper FP8 forward dispatch, plus the V-transpose pre-pass it runs first.
-// Each native head dim's kernel lives in csrc/kernels/instantiations/fwd_sm90_fp8_hdim<D>.cu and is
-// present only when the build defines JAX_FLASH3_HAS_FWD_SM90_FP8_HDIM<D>.
-//
-// Why a pre-pass: FP8 WGMMA reads both smem operands K-major, so O += P V needs V with the keys
-// contiguous, and TMA cannot transpose bytes. This first version writes Vt (B, Hk, Dv, Sk_pad) into
-// the workspace with one small bandwidth-bound kernel (V read once, written once: ~1% of the
-// attention time at 16k tokens) instead of transposing in the producer warpgroup.
+// jax_flash3: Hopper FP8 forward dispatch, plus the V-transpose pre-pass it runs first when V is
+// not transposed inside the kernel (fwd_sm90_fp8.h: fwd_fp8_transpose_in_kernel says when).
+// Each native head dim's kernel lives in csrc/kernels/instantiations/fwd_sm90_fp8_hdim<D>.cu and
+// is present only when the build defines JAX_FLASH3_HAS_FWD_SM90_FP8_HDIM<D>.
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/hopper/fwd_sm90_fp8.h"
@@ -80,7 +78,30 @@ __global__ void __launch_bounds__(kTrThreads) transpose_v_fp8_kernel(
   }
 }
 
+// JAX_FLASH3_FP8_V_TRANSPOSE: 0 auto, 1 kernel, 2 pre-pass (read once).
+int transpose_override() {
+  static const int mode = [] {
+    const char* e = std::getenv("JAX_FLASH3_FP8_V_TRANSPOSE");
+    if (e == nullptr) return 0;
+    if (std::strcmp(e, "kernel") == 0) return 1;
+    if (std::strcmp(e, "prepass") == 0) return 2;
+    return 0;
+  }();
+  return mode;
+}
+
 }  // namespace
+
+namespace sm90 {
+bool fwd_fp8_transpose_in_kernel(const Fp8FwdParams& p) {
+  const int mode = transpose_override();
+  if (mode != 0) return mode == 1;
+  const int d = fwd_fp8_native_head_dim(p.head_dim);
+  const int64_t limit = d <= 128 ? 2048 : 512;
+  // Queries that share each key: the pre-pass is amortized over them.
+  return int64_t(p.seqlen_q) * (p.heads_q / p.heads_k) <= limit;
+}
+}  // namespace sm90
 
 bool fwd_sm90_fp8_supported(const Fp8FwdParams& p) {
   if (p.dtype != DType::kFP8E4M3) return false;
@@ -105,26 +126,39 @@ bool fwd_sm90_fp8_supported(const Fp8FwdParams& p) {
   return with_fp8_instantiation(p, [](auto) {});
 }
 
-size_t fwd_sm90_fp8_workspace_bytes(const Fp8FwdParams& p) {
+namespace {
+size_t prepass_workspace_bytes(const Fp8FwdParams& p) {
   return sm90::kFp8VtOffset + size_t(p.batch) * p.heads_k * p.head_dim_v *
                                   size_t(sm90::fwd_fp8_seqlen_k_padded(p.seqlen_k));
+}
+}  // namespace
+
+size_t fwd_sm90_fp8_workspace_bytes(const Fp8FwdParams& p) {
+  return sm90::fwd_fp8_transpose_in_kernel(p) ? sm90::kFp8VtOffset : prepass_workspace_bytes(p);
 }
 
 cudaError_t run_fwd_sm90_fp8(const Fp8FwdParams& p, cudaStream_t stream) {
   if (!fwd_sm90_fp8_supported(p)) return cudaErrorNotSupported;
-  if (p.workspace == nullptr || p.workspace_bytes < fwd_sm90_fp8_workspace_bytes(p))
-    return cudaErrorInvalidValue;
-  const int64_t sk_pad = sm90::fwd_fp8_seqlen_k_padded(p.seqlen_k);
-  dim3 grid(unsigned(p.batch * p.heads_k), unsigned(sk_pad / kTrKeys),
-            unsigned((p.head_dim_v + kTrDims - 1) / kTrDims));
-  transpose_v_fp8_kernel<<<grid, kTrThreads, 0, stream>>>(
-      static_cast<const uint8_t*>(p.v), p.v_batch_stride, p.v_row_stride, p.v_head_stride,
-      p.seqlen_k, p.heads_k, p.head_dim_v, sk_pad,
-      static_cast<uint8_t*>(p.workspace) + sm90::kFp8VtOffset);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  err = cudaErrorNotSupported;
-  with_fp8_instantiation(p, [&](auto d) { err = sm90::run_fwd_sm90_fp8_hdim<decltype(d)::value>(p, stream); });
+  if (p.workspace == nullptr || p.workspace_bytes < sm90::kFp8VtOffset) return cudaErrorInvalidValue;
+  // A workspace sized for the in-kernel transpose (under another JAX_FLASH3_FP8_V_TRANSPOSE, say)
+  // keeps it: the pre-pass would not fit.
+  const bool in_kernel =
+      sm90::fwd_fp8_transpose_in_kernel(p) || p.workspace_bytes < prepass_workspace_bytes(p);
+  if (!in_kernel) {
+    const int64_t sk_pad = sm90::fwd_fp8_seqlen_k_padded(p.seqlen_k);
+    dim3 grid(unsigned(p.batch * p.heads_k), unsigned(sk_pad / kTrKeys),
+              unsigned((p.head_dim_v + kTrDims - 1) / kTrDims));
+    transpose_v_fp8_kernel<<<grid, kTrThreads, 0, stream>>>(
+        static_cast<const uint8_t*>(p.v), p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+        p.seqlen_k, p.heads_k, p.head_dim_v, sk_pad,
+        static_cast<uint8_t*>(p.workspace) + sm90::kFp8VtOffset);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  cudaError_t err = cudaErrorNotSupported;
+  with_fp8_instantiation(p, [&](auto d) {
+    err = sm90::run_fwd_sm90_fp8_hdim<decltype(d)::value>(p, in_kernel, stream);
+  });
   return err;
 }
 

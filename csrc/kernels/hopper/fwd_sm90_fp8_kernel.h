@@ -1,21 +1,27 @@
 // jax_flash3: FP8 (e4m3) forward kernel for Hopper (sm_90a), bfloat16 out.
 //
 // Same CTA structure, pipelines, schedulers and consumer schedule as the BF16/FP16 kernel
-// (fwd_sm90_kernel.h, whose helpers this file reuses): one TMA producer warp, 2-3 consumer
+// (fwd_sm90_kernel.h, whose helpers this file reuses): a producer warpgroup, 2-3 consumer
 // warpgroups of 64 rows, SS QK^T + RS PV WGMMA (both e4m3 x e4m3 -> f32), intra-warpgroup overlap,
-// pingpong, persistent grid, stmatrix + TMA O store. What differs:
+// pingpong, persistent grid, O stored through smem + TMA. What differs:
 //   * V: FP8 WGMMA takes only K-major smem operands, so the PV GEMM reads Vt (Dv x keys, keys
-//     contiguous) that a pre-pass (fwd_sm90_fp8.cu) wrote into the workspace, keys permuted within
-//     each 16-key group (fp8_key_of_slot). With that permutation the f32 accumulator of S, packed
-//     four at a time with cvt.rn.satfinite.e4m3x2.f32, is exactly the PV A fragment: no shuffles.
-//     Masks and descales index S by true key columns; only V's side is permuted.
+//     contiguous), keys permuted within each 16-key group (fp8_key_of_slot). With vt_in_kernel,
+//     one thread of the producer warpgroup TMA-loads V row-major (keys x Dv) into a staging
+//     buffer and all 128 producer threads transpose it into Vt with ldmatrix.trans, byte
+//     permutes and stmatrix (transpose_v_tile). Otherwise a pre-pass (fwd_sm90_fp8.cu) has
+//     written Vt to the workspace and the producer TMA-loads it (fwd_sm90_fp8.h says which when). With that permutation the f32 accumulator of S,
+//     packed four at a time with cvt.rn.satfinite.e4m3x2.f32, is exactly the PV A fragment: no
+//     shuffles. Masks and descales index S by true key columns; only V's side is permuted.
 //   * Descales: kBlockN == 128 keys, so a K block has one k_descale; q_descale is per row. Their
 //     product times softmax_scale * log2(e) is each row's log2 scale for the block (with softcap,
 //     the multiplier inside tanh). v_descale folds into the final 1 / rowsum.
 //   * P is scaled by 2^8 (the running max is offset by 8) so it spans [0, 256] and uses more of
 //     e4m3's range; the offset cancels in O and is accounted for in LSE.
-//   * O is bfloat16, always in its own smem buffer.
+//   * O is bfloat16: through its own smem buffer and a TMA store where shared memory allows
+//     (d <= 128), with direct 32-bit stores from registers at d 256.
 #pragma once
+
+#include <type_traits>
 
 #include <cuda_fp8.h>
 
@@ -34,7 +40,7 @@ constexpr auto k_major_smem_atom_bytes() {
   else return GMMA::Layout_K_INTER_Atom<T>{};
 }
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kCanTranspose_ = true>
 struct Fp8FwdTraits {
   using Element = cutlass::float_e4m3_t;
   using OutElement = cutlass::bfloat16_t;
@@ -48,8 +54,22 @@ struct Fp8FwdTraits {
   static_assert(kBlockM % 64 == 0 && (kNumMmaWG == 2 || kNumMmaWG == 3));
   static_assert(kBlockN == kFp8ScaleBlock, "one k_descale per K block");
   static_assert(kHeadDim % 32 == 0);
-  static constexpr int kProducerRegs = kNumMmaWG == 2 ? 24 : 32;
-  static constexpr int kConsumerRegs = kNumMmaWG == 2 ? 240 : 160;
+  // The producer warpgroup transposes V, so it keeps 40 registers (at 24 it spills), except at
+  // d 256, whose O accumulator needs 240 per consumer thread (232 spills ~100 B more and measured
+  // slower); there the transpose, used only for short query blocks, takes the spills.
+  static constexpr int kProducerRegs = kHeadDim > 128 ? 24 : 40;
+  static constexpr int kConsumerRegs = kNumMmaWG == 3 ? 152 : kProducerRegs == 24 ? 240 : 232;
+  // setmaxnreg moves registers within what the launch allocated: 65536 / kNumThreads, rounded
+  // down to 8, per thread (168 at 384 threads).
+  static_assert(kProducerRegs * 128 + kConsumerRegs * kNumMmaThreads <=
+                65536 / kNumThreads / 8 * 8 * kNumThreads);
+  static constexpr int kRawStages = 2;  // V staging buffers (TMA -> transpose)
+  // O's bf16 staging tile gets its own smem where it fits (d <= 128); at d 256 it aliases the V
+  // staging buffers (64 KB either way), which then need an o_free handshake (see the producer).
+  static constexpr bool kOAliasRaw = kHeadDim > 128;
+  // Whether the producer can transpose V (vt_in_kernel); without it only the pre-pass path is
+  // compiled.
+  static constexpr bool kCanTranspose = kCanTranspose_;
 
   using AtomLayoutMma = Layout<Shape<Int<kNumMmaWG>, _1, _1>>;
   using TiledMmaQK = decltype(make_tiled_mma(
@@ -65,19 +85,26 @@ struct Fp8FwdTraits {
   using SmemLayoutK =
       decltype(tile_to_shape(SmemAtomQK{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
   using SmemAtomVt = decltype(k_major_smem_atom_bytes<Element, kBlockN>());
+  static_assert(std::is_same_v<SmemAtomVt, GMMA::Layout_K_SW128_Atom<Element>>,
+                "transpose_v_tile writes 128-byte-swizzled Vt rows");
   using SmemLayoutVt =
       decltype(tile_to_shape(SmemAtomVt{}, Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}));
+  // V as TMA delivers it (keys x d), swizzled like K: the transpose's ldmatrix rows (8
+  // consecutive keys) then fall in distinct banks.
+  using SmemLayoutVraw =
+      decltype(tile_to_shape(SmemAtomQK{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kRawStages>>{}));
   using SmemLayoutO = decltype(tile_to_shape(k_major_smem_atom_bytes<OutElement, kHeadDim>(),
                                              Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
-  // Q, K, O as (seqlen, d, head, batch), d contiguous; Vt as (d, key slot, head, batch).
+  // Q, K, V, O as (seqlen, d, head, batch), d contiguous.
   using GLayout = Layout<Shape<int32_t, int32_t, int32_t, int32_t>, Stride<int64_t, _1, int64_t, int64_t>>;
-  using GLayoutVt = Layout<Shape<int32_t, int32_t, int32_t, int32_t>, Stride<int64_t, _1, int64_t, int64_t>>;
   using GTensorIn = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GLayout{}));
   using GTensorOut = decltype(make_tensor(make_gmem_ptr(static_cast<OutElement*>(nullptr)), GLayout{}));
   using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorIn{}, SmemLayoutQ{},
                                       Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
   using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorIn{}, take<0, 2>(SmemLayoutK{}),
+                                      Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorIn{}, take<0, 2>(SmemLayoutVraw{}),
                                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
   using TmaVt = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorIn{}, take<0, 2>(SmemLayoutVt{}),
                                        Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}));
@@ -89,7 +116,10 @@ struct Fp8FwdTraits {
   struct Barriers {
     uint64_t q_full, q_empty;
     uint64_t k_full[kStages], k_empty[kStages];
+    // Vt: filled by the producer warps' transpose (4 arrivals) or by TMA from the pre-pass's copy.
     uint64_t v_full[kStages], v_empty[kStages];
+    uint64_t vraw_full[kRawStages];  // V staging: TMA transaction barrier
+    uint64_t o_free;                 // kOAliasRaw: the O store has read the staging buffers
     uint64_t sched_full[2], sched_empty[2];
     int sched_tile[2];
   };
@@ -97,16 +127,20 @@ struct Fp8FwdTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> smem_k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutVt>> smem_vt;
-    alignas(1024) cute::array_aligned<OutElement, cosize_v<SmemLayoutO>> smem_o;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutVraw>> smem_vraw;
+    alignas(1024) cute::array_aligned<OutElement, kOAliasRaw ? 8 : cosize_v<SmemLayoutO>> smem_o;
     alignas(16) Barriers bar;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(!kOAliasRaw || cosize_v<SmemLayoutO> * sizeof(OutElement) <= cosize_v<SmemLayoutVraw>,
+                "O must fit in the V staging buffers it aliases");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 
   struct Params {
     TmaQ tma_q;
     TmaK tma_k;
-    TmaVt tma_vt;
+    TmaV tma_v;    // V (keys x d), with vt_in_kernel
+    TmaVt tma_vt;  // the pre-pass's Vt (d x key slots), otherwise
     TmaO tma_o;
     OutElement* o;  // plain stores for tiles with no visible key
     int64_t o_row_stride, o_head_stride, o_batch_stride;
@@ -121,6 +155,7 @@ struct Fp8FwdTraits {
     int window_left, window_right;
     bool longest_first;
     bool rotate_blocks;
+    bool vt_in_kernel;
     int* tile_counter;
     float scale_log2;     // log2(e) * softmax_scale, or log2(e) * softcap with softcap
     float softcap_scale;  // softmax_scale / softcap (softcap only)
@@ -130,18 +165,32 @@ struct Fp8FwdTraits {
 // Tried and dropped (H100, 16k tokens, d 128): a quarter of the exp2s as an FMA-pipe cubic
 // (MUFU offload) measured 750 vs 826 TFLOPs/s, so MUFU is not what bounds this kernel.
 //
-// Tile choices (smem: Q + kStages * (K + Vt) + O(bf16); limit 227 KB):
-//   d 64 : 192 x 128, 3 WGs: 12 + 2*(8+8) + 24 = 68 KB; S 64 + P 16 + O 32 regs in 160.
-//   d 128: 128 x 128, 2 WGs: 16 + 2*(16+16) + 32 = 112 KB.
-//   d 256: 128 x 128, 2 WGs: 32 + 2*(32+32) + 64 = 224 KB; S 64 + P 16 + O 128 regs in 240.
+// Tile choices (smem: Q + kStages * (K + Vt) + kRawStages * V + O(bf16); limit 227 KB):
+//   d 64 : 192 x 128, 3 WGs: 12 + 2*(8+8) + 2*8 + 24 = 84 KB; S 64 + P 16 + O 32 regs in 160.
+//   d 128: 128 x 128, 2 WGs: 16 + 2*(16+16) + 2*16 + 32 = 144 KB.
+//   d 256: 128 x 128, 2 WGs: 32 + 2*(32+32) + 2*32 = 224 KB, O (64 KB) aliases the V staging.
+//          S 64 + P 16 + O 128 regs in 240.
 // kBlockN is pinned to the 128-key descale block (one k_descale per block).
 template <int kHeadDim>
 struct Fp8FwdConfig;
-template <> struct Fp8FwdConfig<64> { using Traits = Fp8FwdTraits<64, 192, 128, 2>; };
+// Traits runs either V path; TraitsPrepass, where given, is a kernel for the pre-pass path only.
+template <> struct Fp8FwdConfig<64> {
+  using Traits = Fp8FwdTraits<64, 192, 128, 2>;
+  using TraitsPrepass = Traits;
+};
 // (192 x 128 with 3 WGs at d 128 spilled 164 B at the 160-register budget and measured 688 vs 804
 // TFLOPs/s at 16k.)
-template <> struct Fp8FwdConfig<128> { using Traits = Fp8FwdTraits<128, 128, 128, 2>; };
-template <> struct Fp8FwdConfig<256> { using Traits = Fp8FwdTraits<256, 128, 128, 2>; };
+template <> struct Fp8FwdConfig<128> {
+  using Traits = Fp8FwdTraits<128, 128, 128, 2>;
+  using TraitsPrepass = Traits;
+};
+// At d 256 the consumers' 240 registers are tight: compiling the transpose into the same kernel
+// perturbs their allocation (20 -> 64 spill instructions) and cost 8% at 16k tokens with the
+// pre-pass (1166 vs 1270 TFLOPs/s), so the pre-pass path gets its own kernel without it.
+template <> struct Fp8FwdConfig<256> {
+  using Traits = Fp8FwdTraits<256, 128, 128, 2>;
+  using TraitsPrepass = Fp8FwdTraits<256, 128, 128, 2, false>;
+};
 
 // Four floats -> four e4m3 bytes of one register, a in the lowest byte (round to nearest,
 // saturating: P <= 256 is far below e4m3's 448).
@@ -151,6 +200,56 @@ CUTE_DEVICE uint32_t pack_e4m3x4(float a, float b, float c, float d) {
   asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(d), "f"(c));
   return uint32_t(lo) | (uint32_t(hi) << 16);
 }
+
+// One V tile, staged as TMA delivers it (kBlockN keys x kHeadDim, K's swizzled layout), into one
+// Vt stage (kHeadDim rows of kBlockN = 128 key slots: row `dim` is the 128-byte swizzle row at
+// dim * 128, its 16-byte chunk c at c ^ (dim & 7)) by the 128 producer threads.
+// A warp's unit is 16 keys (slot group g) x 32 dims:
+//   * ldmatrix.x4.trans (b16) reads four 8x8 matrices of byte pairs: keys 16g + {0-7, 8-15} x
+//     dims {0-15, 16-31} of the block. Lane (j = lane / 4, q = lane % 4) gets, per matrix, keys
+//     2q and 2q + 1 at dims 2j and 2j + 1;
+//   * two byte permutes per matrix pair give, for dim 2j and for dim 2j + 1, the keys
+//     {2q, 2q + 1, 2q + 8, 2q + 9}: exactly slots 4q .. 4q + 3 of group g (fp8_key_of_slot);
+//   * stmatrix.x4 writes those words as four 8x8 matrices whose rows are Vt rows.
+// So 16 bytes per lane cost one ldmatrix, four PRMTs and one stmatrix.
+template <int kHeadDim, class LayoutRaw>
+CUTE_DEVICE void transpose_v_tile(uint32_t raw_smem, uint32_t vt_smem) {
+  // Staging addresses in 32-bit shared-window arithmetic: plain offset, then the swizzle (both
+  // stage bases are 1024-byte aligned, so swizzling the offset equals swizzling the address).
+  const auto raw_swizzle = LayoutRaw{}.layout_a();
+  const auto raw_offset = LayoutRaw{}.layout_b();
+  // Thread index read here (volatile: not hoisted), so the per-lane addresses are recomputed
+  // per tile rather than kept live, and spilled, across the producer's loop.
+  int tid;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+  const int warp = tid / 32, lane = tid % 32;
+  const int m = lane / 8, r = lane % 8;                  // matrix, and row, this lane addresses
+  const int dim_lane = 16 * (m >> 1) + (m & 1) + 2 * r;  // its stmatrix row, within 32 dims
+  CUTE_UNROLL
+  for (int gi = 0; gi < 2; ++gi) {
+    const int g = 2 * warp + gi;  // 8 slot groups, 2 per warp
+    const int key = 16 * g + 8 * (m & 1) + r;
+    CUTE_UNROLL
+    for (int db = 0; db < kHeadDim / 32; ++db) {
+      const uint32_t src =
+          raw_smem + uint32_t(raw_swizzle(int(raw_offset(key, 32 * db + 16 * (m >> 1), 0))));
+      uint32_t r0, r1, r2, r3;
+      asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                   : "r"(src)
+                   : "memory");
+      const uint32_t dim = 32 * db + dim_lane;
+      const uint32_t dst = vt_smem + dim * 128 + ((uint32_t(g) ^ (dim & 7)) << 4);
+      asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(dst),
+                   "r"(__byte_perm(r0, r1, 0x6420)), "r"(__byte_perm(r0, r1, 0x7531)),
+                   "r"(__byte_perm(r2, r3, 0x6420)), "r"(__byte_perm(r2, r3, 0x7531))
+                   : "memory");
+    }
+  }
+}
+
+// Named barrier of the 128 producer threads (after the epilogue and pingpong barriers).
+constexpr uint32_t kBarProducer = kBarPingpong0 + 3;
 
 template <class Traits, bool kSoftcap>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
@@ -167,6 +266,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   // Consumers release smem stages one arrival per warp (after each lane's own wgmma wait):
   // 8-12 arrivals per stage instead of 256-384 on the same mbarrier word.
   constexpr int kNumMmaWarps = kNumMmaThreads / 32;
+  constexpr int kNumProducerWarps = 4;
+  constexpr int kRawStages = Traits::kRawStages;
   using ClusterBarrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
   using NamedBarrier = cutlass::arch::NamedBarrier;
@@ -184,17 +285,20 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (warp_idx == 0 && cute::elect_one_sync()) {
     prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
     prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
-    prefetch_tma_descriptor(p.tma_vt.get_tma_descriptor());
+    prefetch_tma_descriptor(p.vt_in_kernel ? p.tma_v.get_tma_descriptor() : p.tma_vt.get_tma_descriptor());
     prefetch_tma_descriptor(p.tma_o.get_tma_descriptor());
     ClusterBarrier::init(&ss.bar.q_full, 1);
     ClusterBarrier::init(&ss.bar.q_empty, kNumMmaWarps);
     CUTE_UNROLL
     for (int s = 0; s < kStages; ++s) {
       ClusterBarrier::init(&ss.bar.k_full[s], 1);
-      ClusterBarrier::init(&ss.bar.v_full[s], 1);
+      ClusterBarrier::init(&ss.bar.v_full[s], p.vt_in_kernel ? kNumProducerWarps : 1);
       ClusterBarrier::init(&ss.bar.k_empty[s], kNumMmaWarps);
       ClusterBarrier::init(&ss.bar.v_empty[s], kNumMmaWarps);
     }
+    CUTE_UNROLL
+    for (int s = 0; s < Traits::kRawStages; ++s) ClusterBarrier::init(&ss.bar.vraw_full[s], 1);
+    ClusterBarrier::init(&ss.bar.o_free, 1);
     CUTE_UNROLL
     for (int s = 0; s < 2; ++s) {
       ClusterBarrier::init(&ss.bar.sched_full[s], 1);
@@ -210,23 +314,37 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   if (wg_idx == 0) {
     // ------------------------------------------------------------------ producer
+    // One elected thread issues every TMA load. With vt_in_kernel all 128 threads transpose the
+    // staged V into Vt; otherwise the leader alone loads the pre-pass's Vt.
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (warp_idx != 0 || !cute::elect_one_sync()) return;
+    const bool transpose = Traits::kCanTranspose && p.vt_in_kernel;
+    const bool leader = warp_idx == 0 && cute::elect_one_sync();
+    if (!transpose && !leader) return;
+    const uint32_t vt_smem = cute::cast_smem_ptr_to_uint(ss.smem_vt.data());
+    const uint32_t raw_smem = cute::cast_smem_ptr_to_uint(ss.smem_vraw.data());
 
     Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
     Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seqlen_k, p.head_dim, p.heads_k, p.batch));
+    Tensor mV = p.tma_v.get_tma_tensor(make_shape(p.seqlen_k, p.head_dim, p.heads_k, p.batch));
     Tensor mVt = p.tma_vt.get_tma_tensor(make_shape(p.head_dim, p.seqlen_k, p.heads_k, p.batch));
-    int k_stage = 0, v_stage = 0;
-    uint32_t k_phase = 0, v_phase = 0;
+    Tensor sVraw = make_tensor(make_smem_ptr(ss.smem_vraw.data()), typename Traits::SmemLayoutVraw{});
+    int k_stage = 0, v_stage = 0, raw_stage = 0;
+    uint32_t k_phase = 0, v_phase = 0, raw_phase = 0;
     int tiles_done = 0;
+    // Dynamic scheduler: the leader claims the next tile and publishes it to the consumers
+    // (sched_full) and, when transposing, to the other producer threads (the named barrier; the
+    // slot is not rewritten before every producer thread has passed the next tile's barrier).
     auto next_tile = [&](int tile, int sched) {
       if (p.tile_counter == nullptr) return tile + int(gridDim.x);
-      const int next = atomicAdd(p.tile_counter, 1) + int(gridDim.x);
       const int slot = sched & 1;
-      ClusterBarrier::wait(&ss.bar.sched_empty[slot], ((sched >> 1) & 1) ^ 1);
-      ss.bar.sched_tile[slot] = next;
-      ClusterBarrier::arrive(&ss.bar.sched_full[slot]);
-      return next;
+      if (leader) {
+        const int next = atomicAdd(p.tile_counter, 1) + int(gridDim.x);
+        ClusterBarrier::wait(&ss.bar.sched_empty[slot], ((sched >> 1) & 1) ^ 1);
+        ss.bar.sched_tile[slot] = next;
+        ClusterBarrier::arrive(&ss.bar.sched_full[slot]);
+      }
+      if (transpose) NamedBarrier::sync(128, kBarProducer);
+      return *reinterpret_cast<volatile int*>(&ss.bar.sched_tile[slot]);
     };
     for (int tile = blockIdx.x, sched = 0; tile < p.num_tiles; tile = next_tile(tile, sched++)) {
       int m_block, head, batch;
@@ -240,11 +358,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                              make_coord(m_block, _0{}));
       Tensor gK = local_tile(mK(_, _, head_k, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
                              make_coord(_, _0{}));  // (kBlockN, d, n)
+      Tensor gV = local_tile(mV(_, _, head_k, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                             make_coord(_, _0{}));  // (kBlockN, d, n)
       Tensor gVt = local_tile(mVt(_, _, head_k, batch), Shape<Int<kHeadDim>, Int<kBlockN>>{},
                               make_coord(_0{}, _));  // (d, kBlockN, n)
       auto tQ = tma_partition(p.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
       auto tK = tma_partition(p.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
-      auto tV = tma_partition(p.tma_vt, _0{}, Layout<_1>{}, group_modes<0, 2>(sVt), group_modes<0, 2>(gVt));
+      auto tV = tma_partition(p.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sVraw), group_modes<0, 2>(gV));
+      auto tVt = tma_partition(p.tma_vt, _0{}, Layout<_1>{}, group_modes<0, 2>(sVt), group_modes<0, 2>(gVt));
       Tensor tQg = get<0>(tQ);
       Tensor tQs = get<1>(tQ);
       Tensor tKg = get<0>(tK);
@@ -252,6 +373,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       Tensor tVg = get<0>(tV);
       Tensor tVs = get<1>(tV);
 
+      // Leader only.
       auto load_k = [&](int n) {
         ClusterBarrier::wait(&ss.bar.k_empty[k_stage], k_phase ^ 1);
         TxBarrier::arrive_and_expect_tx(&ss.bar.k_full[k_stage], Traits::kTmaBytesKV);
@@ -259,24 +381,64 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
              tKs(_, k_stage));
         if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
       };
-      auto load_v = [&](int n) {
+      // Leader only, pre-pass mode: Vt straight into its stage.
+      auto load_vt = [&](int n) {
         ClusterBarrier::wait(&ss.bar.v_empty[v_stage], v_phase ^ 1);
         TxBarrier::arrive_and_expect_tx(&ss.bar.v_full[v_stage], Traits::kTmaBytesKV);
-        copy(p.tma_vt.with(ss.bar.v_full[v_stage], 0, TMA::CacheHintSm90::EVICT_LAST), tVg(_, n),
-             tVs(_, v_stage));
+        copy(p.tma_vt.with(ss.bar.v_full[v_stage], 0, TMA::CacheHintSm90::EVICT_LAST),
+             get<0>(tVt)(_, n), get<1>(tVt)(_, v_stage));
         if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+      };
+      // Leader only, transpose mode; the staging stage was last read before the previous
+      // kBarProducer sync.
+      int raw_load_stage = raw_stage;
+      auto load_v_raw = [&](int n) {
+        TxBarrier::arrive_and_expect_tx(&ss.bar.vraw_full[raw_load_stage], Traits::kTmaBytesKV);
+        copy(p.tma_v.with(ss.bar.vraw_full[raw_load_stage], 0, TMA::CacheHintSm90::EVICT_LAST),
+             tVg(_, n), tVs(_, raw_load_stage));
+        if (++raw_load_stage == kRawStages) raw_load_stage = 0;
       };
 
       const BlockOrder order(r, m_block, p.rotate_blocks);
-      load_k(order(0));
-      if (tiles_done > 0) ClusterBarrier::wait(&ss.bar.q_empty, (tiles_done - 1) & 1);
-      TxBarrier::arrive_and_expect_tx(&ss.bar.q_full, Traits::kTmaBytesQ);
-      copy(p.tma_q.with(ss.bar.q_full, 0, TMA::CacheHintSm90::EVICT_FIRST), tQg, tQs);
-      for (int j = 1; j < order.count(); ++j) {
-        load_k(order(j));
-        load_v(order(j - 1));
+      if (leader) {
+        load_k(order(0));
+        if (tiles_done > 0) ClusterBarrier::wait(&ss.bar.q_empty, (tiles_done - 1) & 1);
+        TxBarrier::arrive_and_expect_tx(&ss.bar.q_full, Traits::kTmaBytesQ);
+        copy(p.tma_q.with(ss.bar.q_full, 0, TMA::CacheHintSm90::EVICT_FIRST), tQg, tQs);
+        if (transpose) {
+          // O of the previous tile may still be in the staging buffers (kOAliasRaw).
+          if (Traits::kOAliasRaw && tiles_done > 0)
+            ClusterBarrier::wait(&ss.bar.o_free, (tiles_done - 1) & 1);
+          load_v_raw(order(0));
+        }
       }
-      load_v(order(order.count() - 1));
+      if (!transpose) {
+        for (int j = 1; j < order.count(); ++j) {
+          load_k(order(j));
+          load_vt(order(j - 1));
+        }
+        load_vt(order(order.count() - 1));
+        ++tiles_done;
+        continue;
+      }
+      for (int j = 0; j < order.count(); ++j) {
+        if (leader && j + 1 < order.count()) {
+          load_k(order(j + 1));
+          load_v_raw(order(j + 1));
+        }
+        __syncwarp();
+        ClusterBarrier::wait(&ss.bar.vraw_full[raw_stage], raw_phase);
+        ClusterBarrier::wait(&ss.bar.v_empty[v_stage], v_phase ^ 1);
+        transpose_v_tile<kHeadDim, typename Traits::SmemLayoutVraw>(
+            raw_smem + raw_stage * Traits::kTmaBytesKV, vt_smem + v_stage * Traits::kTmaBytesKV);
+        cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> visible to WGMMA
+        __syncwarp();
+        if ((threadIdx.x & 31) == 0) ClusterBarrier::arrive(&ss.bar.v_full[v_stage]);
+        // Every thread's reads of this staging stage are done before the leader reloads it.
+        NamedBarrier::sync(128, kBarProducer);
+        if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+        if (++raw_stage == kRawStages) { raw_stage = 0; raw_phase ^= 1; }
+      }
       ++tiles_done;
     }
     return;
@@ -295,7 +457,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   auto thr_qk = mma_qk.get_thread_slice(mma_tid);
   auto thr_pv = mma_pv.get_thread_slice(mma_tid);
 
-  Tensor sO = make_tensor(make_smem_ptr(ss.smem_o.data()), typename Traits::SmemLayoutO{});
   Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K)
   Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);   // (MMA, MMA_N, MMA_K, stage)
@@ -507,7 +668,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     }
 
     // Epilogue: registers -> sO (stmatrix) -> TMA store. sO is reused across tiles: the previous
-    // tile's store must have read it.
+    // tile's store must have read it. With kOAliasRaw in transpose mode, sO is the V staging the
+    // producer refills for the next tile, so the store is waited for here and o_free released.
+    OutElement* o_smem = Traits::kOAliasRaw ? reinterpret_cast<OutElement*>(ss.smem_vraw.data())
+                                            : ss.smem_o.data();
+    Tensor sO = make_tensor(make_smem_ptr(o_smem), typename Traits::SmemLayoutO{});
     if (mma_tid == 0) tma_store_wait<0>();
     NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
     {
@@ -530,6 +695,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       auto cta_tma_o = p.tma_o.get_slice(_0{});
       copy(p.tma_o, cta_tma_o.partition_S(sO), cta_tma_o.partition_D(gO));
       tma_store_arrive();
+      if (Traits::kOAliasRaw && p.vt_in_kernel) {
+        tma_store_wait<0>();
+        ClusterBarrier::arrive(&ss.bar.o_free);
+      }
     }
     if (p.lse != nullptr && (mma_tid % 4) == 0) {
       CUTE_UNROLL
@@ -548,7 +717,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 // ---------------------------------------------------------------------------------------------
 
 template <class Traits, bool kSoftcap>
-cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, cudaStream_t stream) {
+cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, bool vt_in_kernel, cudaStream_t stream) {
   using Element = typename Traits::Element;
   using OutElement = typename Traits::OutElement;
   using Params = typename Traits::Params;
@@ -563,9 +732,11 @@ cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, cudaStream_t stream) {
   };
   Tensor mQ = gtensor(fp.q, fp.seqlen_q, fp.heads_q, fp.q_row_stride, fp.q_head_stride, fp.q_batch_stride);
   Tensor mK = gtensor(fp.k, fp.seqlen_k, fp.heads_k, fp.k_row_stride, fp.k_head_stride, fp.k_batch_stride);
-  // Vt in the workspace: (d, key slot, head, batch), dense (B, Hk, Dv, Sk_pad). Its extent along
-  // the keys is Sk_pad: the pre-pass zero-filled the padding slots (a permuted slot below Sk may
-  // hold a key >= Sk, so TMA's zero fill at Sk would not be enough).
+  Tensor mV = gtensor(fp.v, fp.seqlen_k, fp.heads_k, fp.v_row_stride, fp.v_head_stride, fp.v_batch_stride);
+  // The pre-pass's Vt in the workspace: (d, key slot, head, batch), dense (B, Hk, Dv, Sk_pad). Its
+  // extent along the keys is Sk_pad: the pre-pass zero-filled the padding slots (a permuted slot
+  // below Sk may hold a key >= Sk, so TMA's zero fill at Sk would not be enough). Described even
+  // when unused (vt_in_kernel): nothing reads through it then.
   const int64_t sk_pad = fwd_fp8_seqlen_k_padded(fp.seqlen_k);
   const Element* vt = reinterpret_cast<const Element*>(static_cast<const char*>(fp.workspace) + kFp8VtOffset);
   Tensor mVt = make_tensor(make_gmem_ptr(vt),
@@ -581,8 +752,12 @@ cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, cudaStream_t stream) {
                           Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
   p.tma_k = make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutK{}),
                           Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+  p.tma_v = make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutVraw{}),
+                          Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
   p.tma_vt = make_tma_copy(SM90_TMA_LOAD{}, mVt, take<0, 2>(typename Traits::SmemLayoutVt{}),
                            Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{});
+  if (vt_in_kernel && !Traits::kCanTranspose) return cudaErrorNotSupported;
+  p.vt_in_kernel = vt_in_kernel;
   p.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{},
                           Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
   p.o = static_cast<OutElement*>(fp.out);
@@ -647,10 +822,15 @@ cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, cudaStream_t stream) {
 }
 
 template <int kHeadDim>
-cudaError_t run_fwd_sm90_fp8_hdim(const Fp8FwdParams& p, cudaStream_t stream) {
+cudaError_t run_fwd_sm90_fp8_hdim(const Fp8FwdParams& p, bool vt_in_kernel, cudaStream_t stream) {
   using Traits = typename Fp8FwdConfig<kHeadDim>::Traits;
-  if (p.mask.softcap != 0.f) return launch_fwd_sm90_fp8<Traits, true>(p, stream);
-  return launch_fwd_sm90_fp8<Traits, false>(p, stream);
+  using TraitsPrepass = typename Fp8FwdConfig<kHeadDim>::TraitsPrepass;
+  if (!vt_in_kernel && !std::is_same_v<Traits, TraitsPrepass>) {
+    if (p.mask.softcap != 0.f) return launch_fwd_sm90_fp8<TraitsPrepass, true>(p, false, stream);
+    return launch_fwd_sm90_fp8<TraitsPrepass, false>(p, false, stream);
+  }
+  if (p.mask.softcap != 0.f) return launch_fwd_sm90_fp8<Traits, true>(p, vt_in_kernel, stream);
+  return launch_fwd_sm90_fp8<Traits, false>(p, vt_in_kernel, stream);
 }
 
 }  // namespace jax_flash3::sm90

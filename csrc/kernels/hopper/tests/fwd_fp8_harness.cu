@@ -390,8 +390,12 @@ int main(int argc, char** argv) {
     std::printf("correctness: %d / %d configs failed\n", failures, total);
   }
   if (mode == "all" || mode == "bench") {
+    // FP8_BENCH_D=<d>: one head dim only; FP8_BENCH_NO_BF16: skip the bf16 column.
+    const char* only_d = std::getenv("FP8_BENCH_D");
+    const bool no_bf16 = std::getenv("FP8_BENCH_NO_BF16") != nullptr;
     std::vector<std::string> lines;
     for (int d : {64, 128, 256}) {
+      if (only_d != nullptr && std::atoi(only_d) != d) continue;
       for (int causal : {0, 1}) {
         std::string l8 = "fp8  d=" + std::to_string(d) + (causal ? " causal    " : " non-causal");
         std::string l16 = "bf16 d=" + std::to_string(d) + (causal ? " causal    " : " non-causal");
@@ -408,7 +412,8 @@ int main(int argc, char** argv) {
           pb.q = buf.bq.ptr; pb.k = buf.bk.ptr; pb.v = buf.bv.ptr; pb.out = buf.bo.ptr;
           pb.workspace_bytes = fwd_workspace_bytes(pb);
           double tf16 = -1;
-          if (pb.workspace_bytes <= buf.ws.n && fwd_sm90_supported != nullptr && fwd_sm90_supported(pb))
+          if (!no_bf16 && pb.workspace_bytes <= buf.ws.n && fwd_sm90_supported != nullptr &&
+              fwd_sm90_supported(pb))
             tf16 = time_tflops(c, 20, [&] { return run_fwd(pb, 0); });
           std::snprintf(cell, sizeof(cell), " %6.0f", tf16);
           l16 += cell;
@@ -419,7 +424,23 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
-    std::printf("\nfwd TFLOPs/s (fp8 incl. V pre-pass), 16k tokens, hidden 2048; seq   512   1024   2048   4096   8192  16384\n");
+    // Short query blocks against long keys (chunked prefill): Sk = 8192, batch 4.
+    for (int d : {64, 128, 256}) {
+      if (only_d != nullptr && std::atoi(only_d) != d) continue;
+      std::string l = "fp8  d=" + std::to_string(d) + " sk=8192 sq=64,128,256,512,1024:";
+      for (int sq : {64, 128, 256, 512, 1024}) {
+        Config c{4, sq, 8192, 2048 / d, 2048 / d, d, false, -1, -1, 0};
+        prepare(c, buf, 1234, true);
+        Fp8FwdParams p = make_params(c, buf);
+        char cell[32];
+        const double tf8 = fwd_sm90_fp8_supported(p) ? time_tflops(c, 20, [&] { return run_fwd_fp8(p, 0); }) : -1;
+        std::snprintf(cell, sizeof(cell), " %6.0f", tf8);
+        l += cell;
+      }
+      lines.push_back(l);
+      std::printf("%s\n", l.c_str());
+    }
+    std::printf("\nfwd TFLOPs/s (fp8), 16k tokens, hidden 2048; seq   512   1024   2048   4096   8192  16384\n");
     for (auto& l : lines) std::printf("%s\n", l.c_str());
   }
   return failures == 0 ? 0 : 1;
