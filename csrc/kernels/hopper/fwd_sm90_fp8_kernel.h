@@ -136,29 +136,17 @@ struct Fp8FwdTraits {
                 "O must fit in the V staging buffers it aliases");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 
-  struct Params {
+  struct Params : FwdParamsBase<OutElement> {
     TmaQ tma_q;
     TmaK tma_k;
     TmaV tma_v;    // V (keys x d), with vt_in_kernel
     TmaVt tma_vt;  // the pre-pass's Vt (d x key slots), otherwise
     TmaO tma_o;
-    OutElement* o;  // plain stores for tiles with no visible key
-    int64_t o_row_stride, o_head_stride, o_batch_stride;
-    float* lse;
     const float* q_descale;  // (B, Hq, q_scale_blocks)
     const float* k_descale;  // (B, Hk, k_scale_blocks)
     const float* v_descale;  // (B, Hk)
     int q_scale_blocks, k_scale_blocks;
-    int seqlen_q, seqlen_k, heads_q, heads_k, batch, head_dim;
-    int group;
-    int num_m_blocks, num_tiles;
-    int window_left, window_right;
-    bool longest_first;
-    bool rotate_blocks;
     bool vt_in_kernel;
-    int* tile_counter;
-    float scale_log2;     // log2(e) * softmax_scale, or log2(e) * softcap with softcap
-    float softcap_scale;  // softmax_scale / softcap (softcap only)
   };
 };
 
@@ -477,7 +465,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   float row_max[kRows], row_sum[kRows], row_scale[kRows], row_mult[kRows];
   constexpr float kMaxOffset = 8.f;
 
-  const int off = p.seqlen_k - p.seqlen_q;
   int k_stage = 0, v_stage = 0;
   uint32_t k_phase = 0, v_phase = 0;
   int tiles_done = 0;
@@ -497,47 +484,23 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         block_range<kBlockM, kBlockN>(m_block, p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
 
     if (r.n_min >= r.n_max) {
-      constexpr int kVec = 8;  // 16 B of bf16; head_dim % 16 == 0
-      const int vecs_per_row = p.head_dim / kVec;
-      for (int i = mma_tid; i < kBlockM * vecs_per_row; i += kNumMmaThreads) {
-        const int row = m_block * kBlockM + i / vecs_per_row;
-        if (row < p.seqlen_q) {
-          OutElement* dst = p.o + batch * p.o_batch_stride + int64_t(row) * p.o_row_stride +
-                            head * p.o_head_stride + (i % vecs_per_row) * kVec;
-          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-        }
-      }
-      if (p.lse != nullptr) {
-        for (int i = mma_tid; i < kBlockM; i += kNumMmaThreads) {
-          const int row = m_block * kBlockM + i;
-          if (row < p.seqlen_q)
-            p.lse[(int64_t(batch) * p.heads_q + head) * p.seqlen_q + row] = -INFINITY;
-        }
-      }
+      write_empty_tile<kBlockM, kNumMmaThreads>(p, m_block, head, batch, mma_tid);
       continue;
     }
     const int head_k = head / p.group;
     const float* k_descale = p.k_descale + (int64_t(batch) * p.heads_k + head_k) * p.k_scale_blocks;
     const float v_descale = p.v_descale[int64_t(batch) * p.heads_k + head_k];
 
-    int col_lo[kRows], col_hi[kRows];
+    const TileMask<kRows, kBlockM, kBlockN> mask(p, cS, m_block);
     CUTE_UNROLL
     for (int i = 0; i < kRows; ++i) {
       const int row = m_block * kBlockM + get<0>(cS(i, 0));
-      col_hi[i] = p.window_right >= 0 ? min(p.seqlen_k, row + off + p.window_right + 1) : p.seqlen_k;
-      col_lo[i] = p.window_left >= 0 ? row + off - p.window_left : INT_MIN;
       row_max[i] = -INFINITY;
       row_sum[i] = 0.f;
       const int qb = min(row, p.seqlen_q - 1) / kFp8ScaleBlock;
       const float qd = p.q_descale[(int64_t(batch) * p.heads_q + head) * p.q_scale_blocks + qb];
       row_mult[i] = qd * (kSoftcap ? p.softcap_scale : p.scale_log2);
     }
-    const int tile_row_lo = m_block * kBlockM, tile_row_hi = (m_block + 1) * kBlockM - 1;
-    auto block_needs_mask = [&](int n) {
-      const int c0 = n * kBlockN, c1 = (n + 1) * kBlockN - 1;
-      return c1 >= p.seqlen_k || (p.window_right >= 0 && c1 > tile_row_lo + off + p.window_right) ||
-             (p.window_left >= 0 && c0 < tile_row_hi + off - p.window_left);
-    };
 
     // softcap, mask, online softmax of block n with k descale kd.
     auto softmax_step = [&](int n, float kd, bool first) {
@@ -555,16 +518,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         CUTE_UNROLL
         for (int i = 0; i < kRows; ++i) row_c[i] = fmaxf(row_mult[i] * kd, 1e-30f);
       }
-      if (block_needs_mask(n)) {
-        const int c0 = n * kBlockN;
-        CUTE_UNROLL
-        for (int j = 0; j < kCols; ++j) {
-          const int col = c0 + get<1>(cS(0, j));
-          CUTE_UNROLL
-          for (int i = 0; i < kRows; ++i)
-            if (col >= col_hi[i] || col < col_lo[i]) S(i, j) = -INFINITY;
-        }
-      }
+      if (mask.block_needs_mask(n)) mask.apply(S, cS, n);
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
         float mx = -INFINITY;
@@ -675,38 +629,18 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     Tensor sO = make_tensor(make_smem_ptr(o_smem), typename Traits::SmemLayoutO{});
     if (mma_tid == 0) tma_store_wait<0>();
     NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
-    {
-      Tensor rO = make_tensor_like<OutElement>(tOrO);
-      Tensor rO32 = recast<uint32_t>(rO);
-      CUTE_UNROLL
-      for (int i = 0; i < size(rO32); ++i) rO32(i) = pack2<OutElement>(tOrO(2 * i), tOrO(2 * i + 1));
-      auto smem_copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, OutElement>{}, mma_pv);
-      auto thr_copy_o = smem_copy_o.get_thread_slice(mma_tid);
-      Tensor tOrO_s = thr_copy_o.retile_S(rO);
-      Tensor tOsO = thr_copy_o.partition_D(sO);
-      copy(smem_copy_o, tOrO_s, tOsO);
-    }
+    stage_o_to_smem<OutElement>(mma_pv, tOrO, sO, mma_tid);
     cutlass::arch::fence_view_async_shared();
     NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
     if (mma_tid == 0) {
-      Tensor mO = p.tma_o.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
-      Tensor gO = local_tile(mO(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                             make_coord(m_block, _0{}));
-      auto cta_tma_o = p.tma_o.get_slice(_0{});
-      copy(p.tma_o, cta_tma_o.partition_S(sO), cta_tma_o.partition_D(gO));
+      tma_store_o<kBlockM, kHeadDim>(p, sO, m_block, head, batch);
       tma_store_arrive();
       if (Traits::kOAliasRaw && p.vt_in_kernel) {
         tma_store_wait<0>();
         ClusterBarrier::arrive(&ss.bar.o_free);
       }
     }
-    if (p.lse != nullptr && (mma_tid % 4) == 0) {
-      CUTE_UNROLL
-      for (int i = 0; i < kRows; ++i) {
-        const int row = m_block * kBlockM + get<0>(cS(i, 0));
-        if (row < p.seqlen_q) p.lse[(int64_t(batch) * p.heads_q + head) * p.seqlen_q + row] = lse[i];
-      }
-    }
+    write_lse<kBlockM>(p, cS, lse, m_block, head, batch, mma_tid);
     ++tiles_done;
   }
   if (mma_tid == 0) tma_store_wait<0>();
@@ -724,15 +658,16 @@ cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, bool vt_in_kernel, cudaS
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
+  if (vt_in_kernel && !Traits::kCanTranspose) return cudaErrorNotSupported;
 
-  auto gtensor = [&](const void* ptr, int seqlen, int heads, int64_t row, int64_t head, int64_t batch) {
-    return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
-                       make_layout(make_shape(seqlen, fp.head_dim, heads, fp.batch),
-                                   make_stride(row, _1{}, head, batch)));
-  };
-  Tensor mQ = gtensor(fp.q, fp.seqlen_q, fp.heads_q, fp.q_row_stride, fp.q_head_stride, fp.q_batch_stride);
-  Tensor mK = gtensor(fp.k, fp.seqlen_k, fp.heads_k, fp.k_row_stride, fp.k_head_stride, fp.k_batch_stride);
-  Tensor mV = gtensor(fp.v, fp.seqlen_k, fp.heads_k, fp.v_row_stride, fp.v_head_stride, fp.v_batch_stride);
+  auto mQ = fwd_gmem_tensor<Element const>(fp.q, fp.seqlen_q, fp.head_dim, fp.heads_q, fp.batch,
+                                           fp.q_row_stride, fp.q_head_stride, fp.q_batch_stride);
+  auto mK = fwd_gmem_tensor<Element const>(fp.k, fp.seqlen_k, fp.head_dim, fp.heads_k, fp.batch,
+                                           fp.k_row_stride, fp.k_head_stride, fp.k_batch_stride);
+  auto mV = fwd_gmem_tensor<Element const>(fp.v, fp.seqlen_k, fp.head_dim, fp.heads_k, fp.batch,
+                                           fp.v_row_stride, fp.v_head_stride, fp.v_batch_stride);
+  auto mO = fwd_gmem_tensor<OutElement>(fp.out, fp.seqlen_q, fp.head_dim, fp.heads_q, fp.batch,
+                                        fp.o_row_stride, fp.o_head_stride, fp.o_batch_stride);
   // The pre-pass's Vt in the workspace: (d, key slot, head, batch), dense (B, Hk, Dv, Sk_pad). Its
   // extent along the keys is Sk_pad: the pre-pass zero-filled the padding slots (a permuted slot
   // below Sk may hold a key >= Sk, so TMA's zero fill at Sk would not be enough). Described even
@@ -743,9 +678,6 @@ cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, bool vt_in_kernel, cudaS
                            make_layout(make_shape(fp.head_dim_v, int(sk_pad), fp.heads_k, fp.batch),
                                        make_stride(sk_pad, _1{}, sk_pad * fp.head_dim_v,
                                                    sk_pad * fp.head_dim_v * fp.heads_k)));
-  Tensor mO = make_tensor(make_gmem_ptr(static_cast<OutElement*>(fp.out)),
-                          make_layout(make_shape(fp.seqlen_q, fp.head_dim, fp.heads_q, fp.batch),
-                                      make_stride(fp.o_row_stride, _1{}, fp.o_head_stride, fp.o_batch_stride)));
 
   Params p;
   p.tma_q = make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{},
@@ -756,69 +688,19 @@ cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, bool vt_in_kernel, cudaS
                           Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
   p.tma_vt = make_tma_copy(SM90_TMA_LOAD{}, mVt, take<0, 2>(typename Traits::SmemLayoutVt{}),
                            Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{});
-  if (vt_in_kernel && !Traits::kCanTranspose) return cudaErrorNotSupported;
-  p.vt_in_kernel = vt_in_kernel;
   p.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{},
                           Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
-  p.o = static_cast<OutElement*>(fp.out);
-  p.o_row_stride = fp.o_row_stride;
-  p.o_head_stride = fp.o_head_stride;
-  p.o_batch_stride = fp.o_batch_stride;
-  p.lse = fp.lse;
+  p.vt_in_kernel = vt_in_kernel;
   p.q_descale = fp.q_descale;
   p.k_descale = fp.k_descale;
   p.v_descale = fp.v_descale;
   p.q_scale_blocks = (fp.seqlen_q + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
   p.k_scale_blocks = (fp.seqlen_k + kFp8ScaleBlock - 1) / kFp8ScaleBlock;
-  p.seqlen_q = fp.seqlen_q;
-  p.seqlen_k = fp.seqlen_k;
-  p.heads_q = fp.heads_q;
-  p.heads_k = fp.heads_k;
-  p.batch = fp.batch;
-  p.head_dim = fp.head_dim;
-  p.group = fp.heads_q / fp.heads_k;
-  p.num_m_blocks = (fp.seqlen_q + kBlockM - 1) / kBlockM;
-  p.num_tiles = p.num_m_blocks * fp.heads_q * fp.batch;
-  const int max_window = fp.seqlen_q + fp.seqlen_k;
-  p.window_left = fp.mask.window_left < max_window ? fp.mask.window_left : max_window;
-  p.window_right = fp.mask.window_right < max_window ? fp.mask.window_right : max_window;
-  p.longest_first = fp.mask.window_right >= 0 || fp.mask.window_left >= 0;
-  p.rotate_blocks = false;
-  p.tile_counter = nullptr;
-  if (p.longest_first) {
-    p.tile_counter = static_cast<int*>(fp.workspace);
-    cudaError_t err = cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream);
-    if (err != cudaSuccess) return err;
-  }
-  constexpr float kLog2e = 1.4426950408889634f;
-  if (kSoftcap) {
-    p.softcap_scale = fp.softmax_scale / fp.mask.softcap;
-    p.scale_log2 = fp.mask.softcap * kLog2e;
-  } else {
-    p.softcap_scale = 0.f;
-    p.scale_log2 = fp.softmax_scale * kLog2e;
-  }
-
-  auto kernel = fwd_sm90_fp8_kernel<Traits, kSoftcap>;
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
+  // The dynamic scheduler's counter lives at the start of the workspace (always >= kFp8VtOffset).
+  cudaError_t err = fill_fwd_params<kBlockM, kSoftcap>(p, fp, stream);
   if (err != cudaSuccess) return err;
-  static std::atomic<uint64_t> smem_attr_set{0};
-  const uint64_t dev_bit = dev < 64 ? (uint64_t(1) << dev) : 0;
-  if (dev_bit == 0 || !(smem_attr_set.load(std::memory_order_relaxed) & dev_bit)) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes);
-    if (err != cudaSuccess) return err;
-    smem_attr_set.fetch_or(dev_bit, std::memory_order_relaxed);
-  }
-  int num_sms = fp.num_sms;
-  if (num_sms <= 0) {
-    err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
-    if (err != cudaSuccess) return err;
-  }
-  const int grid = p.num_tiles < num_sms ? p.num_tiles : num_sms;
-  if (grid <= 0) return cudaSuccess;
-  kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return launch_persistent<Traits, kSoftcap>(fwd_sm90_fp8_kernel<Traits, kSoftcap>, p, fp.num_sms,
+                                             stream);
 }
 
 template <int kHeadDim>

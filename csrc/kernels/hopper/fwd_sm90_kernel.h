@@ -61,6 +61,24 @@ constexpr auto k_major_smem_atom() {
   else return GMMA::Layout_K_INTER_Atom<T>{};
 }
 
+// The Params fields both forward kernels (this one and the FP8 one) share; fill_fwd_params fills
+// them on the host.
+template <typename OutElement>
+struct FwdParamsBase {
+  OutElement* o;  // plain stores for tiles with no visible key
+  int64_t o_row_stride, o_head_stride, o_batch_stride;
+  float* lse;  // (B, Hq, Sq) or null
+  int seqlen_q, seqlen_k, heads_q, heads_k, batch, head_dim;
+  int group;  // heads_q / heads_k
+  int num_m_blocks, num_tiles;
+  int window_left, window_right;  // < 0: unbounded
+  bool longest_first;
+  bool rotate_blocks;  // see BlockOrder
+  int* tile_counter;  // zeroed before launch; null: static round-robin schedule
+  float scale_log2;     // log2(e) * softmax_scale, or log2(e) * softcap with softcap
+  float softcap_scale;  // softmax_scale / softcap (softcap only)
+};
+
 template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
 struct FwdTraits {
   using Element = Element_;
@@ -144,24 +162,12 @@ struct FwdTraits {
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 
-  struct Params {
+  struct Params : FwdParamsBase<Element> {
     TmaQ tma_q;
     TmaKV tma_k;
     TmaKV tma_v;
     TmaO tma_o;
-    Element* o;  // plain stores for tiles with no visible key
-    int64_t o_row_stride, o_head_stride, o_batch_stride;
-    float* lse;  // (B, Hq, Sq) or null
-    int seqlen_q, seqlen_k, heads_q, heads_k, batch, head_dim;
-    int group;  // heads_q / heads_k
-    int num_m_blocks, num_tiles;
-    int window_left, window_right;  // < 0: unbounded
-    bool longest_first;
-    bool rotate_blocks;  // see BlockOrder
-    bool separate_o;     // sO has its own buffer (Traits::kSeparateO and not switched off)
-    int* tile_counter;  // zeroed before launch; null: static round-robin schedule
-    float scale_log2;     // log2(e) * softmax_scale, or log2(e) * softcap with softcap
-    float softcap_scale;  // softmax_scale / softcap (softcap only)
+    bool separate_o;  // sO has its own buffer (Traits::kSeparateO and not switched off)
   };
 };
 
@@ -298,6 +304,105 @@ CUTE_DEVICE void tile_coord(typename Traits::Params const& p, int tile, int& m_b
   if (p.longest_first) m_block = p.num_m_blocks - 1 - m_block;
   head = hb % p.heads_q;
   batch = hb / p.heads_q;
+}
+
+// A tile with no visible key for any row: O = 0, LSE = -inf, without touching the pipelines.
+template <int kBlockM, int kNumMmaThreads, class Params>
+CUTE_DEVICE void write_empty_tile(Params const& p, int m_block, int head, int batch, int mma_tid) {
+  using OutElement = cute::remove_pointer_t<decltype(p.o)>;
+  constexpr int kVec = 8;  // 16 B of 16-bit elements; head_dim % 8 == 0
+  const int vecs_per_row = p.head_dim / kVec;
+  for (int i = mma_tid; i < kBlockM * vecs_per_row; i += kNumMmaThreads) {
+    const int row = m_block * kBlockM + i / vecs_per_row;
+    if (row < p.seqlen_q) {
+      OutElement* dst = p.o + batch * p.o_batch_stride + int64_t(row) * p.o_row_stride +
+                        head * p.o_head_stride + (i % vecs_per_row) * kVec;
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  if (p.lse != nullptr) {
+    for (int i = mma_tid; i < kBlockM; i += kNumMmaThreads) {
+      const int row = m_block * kBlockM + i;
+      if (row < p.seqlen_q) p.lse[(int64_t(batch) * p.heads_q + head) * p.seqlen_q + row] = -INFINITY;
+    }
+  }
+}
+
+// The mask of one tile's rows (this thread's kRows rows, coordinates from the row/col view cS of
+// the S accumulator): absolute key limits per row (right exclusive), which blocks a limit cuts
+// through, and the elementwise mask of such a block.
+template <int kRows, int kBlockM, int kBlockN>
+struct TileMask {
+  int col_lo[kRows], col_hi[kRows];
+  int seqlen_k, window_left, window_right, tile_row_lo, tile_row_hi;  // rows shifted by Sk - Sq
+
+  template <class Params, class CS>
+  CUTE_DEVICE TileMask(Params const& p, CS const& cS, int m_block)
+      : seqlen_k(p.seqlen_k), window_left(p.window_left), window_right(p.window_right) {
+    const int off = p.seqlen_k - p.seqlen_q;
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const int row = m_block * kBlockM + get<0>(cS(i, 0));
+      col_hi[i] = window_right >= 0 ? min(seqlen_k, row + off + window_right + 1) : seqlen_k;
+      col_lo[i] = window_left >= 0 ? row + off - window_left : INT_MIN;
+    }
+    tile_row_lo = m_block * kBlockM + off;
+    tile_row_hi = (m_block + 1) * kBlockM - 1 + off;
+  }
+  // A block needs the elementwise mask only where a limit cuts through it.
+  CUTE_DEVICE bool block_needs_mask(int n) const {
+    const int c0 = n * kBlockN, c1 = (n + 1) * kBlockN - 1;
+    return c1 >= seqlen_k || (window_right >= 0 && c1 > tile_row_lo + window_right) ||
+           (window_left >= 0 && c0 < tile_row_hi - window_left);
+  }
+  // S (row/col view) of block n: -inf outside each row's limits.
+  template <class TS, class CS>
+  CUTE_DEVICE void apply(TS& S, CS const& cS, int n) const {
+    const int c0 = n * kBlockN;
+    CUTE_UNROLL
+    for (int j = 0; j < decltype(size<1>(S))::value; ++j) {
+      const int col = c0 + get<1>(cS(0, j));
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i)
+        if (col >= col_hi[i] || col < col_lo[i]) S(i, j) = -INFINITY;
+    }
+  }
+};
+
+// O (f32 accumulator of mma_pv) -> OutElement pairs -> sO through stmatrix.
+template <class OutElement, class TiledMma, class TO, class SO>
+CUTE_DEVICE void stage_o_to_smem(TiledMma const& mma_pv, TO const& tOrO, SO& sO, int mma_tid) {
+  Tensor rO = make_tensor_like<OutElement>(tOrO);
+  Tensor rO32 = recast<uint32_t>(rO);
+  CUTE_UNROLL
+  for (int i = 0; i < size(rO32); ++i) rO32(i) = pack2<OutElement>(tOrO(2 * i), tOrO(2 * i + 1));
+  auto smem_copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, OutElement>{}, mma_pv);
+  auto thr_copy_o = smem_copy_o.get_thread_slice(mma_tid);
+  Tensor tOrO_s = thr_copy_o.retile_S(rO);
+  Tensor tOsO = thr_copy_o.partition_D(sO);
+  copy(smem_copy_o, tOrO_s, tOsO);
+}
+
+// One thread: the TMA store of the tile's O from sO (the caller commits and waits).
+template <int kBlockM, int kHeadDim, class Params, class SO>
+CUTE_DEVICE void tma_store_o(Params const& p, SO const& sO, int m_block, int head, int batch) {
+  Tensor mO = p.tma_o.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
+  Tensor gO = local_tile(mO(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
+                         make_coord(m_block, _0{}));
+  auto cta_tma_o = p.tma_o.get_slice(_0{});
+  copy(p.tma_o, cta_tma_o.partition_S(sO), cta_tma_o.partition_D(gO));
+}
+
+// LSE of this thread's rows (one lane per quad writes).
+template <int kBlockM, int kRows, class Params, class CS>
+CUTE_DEVICE void write_lse(Params const& p, CS const& cS, const float (&lse)[kRows], int m_block,
+                           int head, int batch, int mma_tid) {
+  if (p.lse == nullptr || (mma_tid % 4) != 0) return;
+  CUTE_UNROLL
+  for (int i = 0; i < kRows; ++i) {
+    const int row = m_block * kBlockM + get<0>(cS(i, 0));
+    if (row < p.seqlen_q) p.lse[(int64_t(batch) * p.heads_q + head) * p.seqlen_q + row] = lse[i];
+  }
 }
 
 template <class Traits, bool kSoftcap>
@@ -460,7 +565,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   float row_max[kRows], row_sum[kRows], row_scale[kRows];
 
   const float scale_log2 = p.scale_log2;
-  const int off = p.seqlen_k - p.seqlen_q;
   int k_stage = 0, v_stage = 0;
   uint32_t k_phase = 0, v_phase = 0;
   int tiles_done = 0;
@@ -480,44 +584,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         block_range<kBlockM, kBlockN>(m_block, p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
 
     if (r.n_min >= r.n_max) {
-      // No visible key for any row: O = 0, LSE = -inf, without touching the pipelines.
-      constexpr int kVec = 8;  // 16 B of 16-bit elements; head_dim % 8 == 0
-      const int vecs_per_row = p.head_dim / kVec;
-      for (int i = mma_tid; i < kBlockM * vecs_per_row; i += kNumMmaThreads) {
-        const int row = m_block * kBlockM + i / vecs_per_row;
-        if (row < p.seqlen_q) {
-          Element* dst = p.o + batch * p.o_batch_stride + int64_t(row) * p.o_row_stride +
-                         head * p.o_head_stride + (i % vecs_per_row) * kVec;
-          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-        }
-      }
-      if (p.lse != nullptr) {
-        for (int i = mma_tid; i < kBlockM; i += kNumMmaThreads) {
-          const int row = m_block * kBlockM + i;
-          if (row < p.seqlen_q)
-            p.lse[(int64_t(batch) * p.heads_q + head) * p.seqlen_q + row] = -INFINITY;
-        }
-      }
+      write_empty_tile<kBlockM, kNumMmaThreads>(p, m_block, head, batch, mma_tid);
       continue;
     }
 
-    // Row limits of this thread's rows (absolute key columns; right is exclusive).
-    int col_lo[kRows], col_hi[kRows];
+    const TileMask<kRows, kBlockM, kBlockN> mask(p, cS, m_block);
     CUTE_UNROLL
     for (int i = 0; i < kRows; ++i) {
-      const int row = m_block * kBlockM + get<0>(cS(i, 0));
-      col_hi[i] = p.window_right >= 0 ? min(p.seqlen_k, row + off + p.window_right + 1) : p.seqlen_k;
-      col_lo[i] = p.window_left >= 0 ? row + off - p.window_left : INT_MIN;
       row_max[i] = -INFINITY;
       row_sum[i] = 0.f;
     }
-    // A block needs the elementwise mask only where a limit cuts through it.
-    const int tile_row_lo = m_block * kBlockM, tile_row_hi = (m_block + 1) * kBlockM - 1;
-    auto block_needs_mask = [&](int n) {
-      const int c0 = n * kBlockN, c1 = (n + 1) * kBlockN - 1;
-      return c1 >= p.seqlen_k || (p.window_right >= 0 && c1 > tile_row_lo + off + p.window_right) ||
-             (p.window_left >= 0 && c0 < tile_row_hi + off - p.window_left);
-    };
 
     // softcap, mask, then the online softmax of block n; leaves exp2'd scores in S and each
     // row's rescale factor for O in row_scale.
@@ -526,16 +602,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         CUTE_UNROLL
         for (int i = 0; i < size(tSrS); ++i) tSrS(i) = fast_tanh(tSrS(i) * p.softcap_scale);
       }
-      if (block_needs_mask(n)) {
-        const int c0 = n * kBlockN;
-        CUTE_UNROLL
-        for (int j = 0; j < kCols; ++j) {
-          const int col = c0 + get<1>(cS(0, j));
-          CUTE_UNROLL
-          for (int i = 0; i < kRows; ++i)
-            if (col >= col_hi[i] || col < col_lo[i]) S(i, j) = -INFINITY;
-        }
-      }
+      if (mask.block_needs_mask(n)) mask.apply(S, cS, n);
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
         float mx = row_max[i];
@@ -636,38 +703,18 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
     }
     // (Aliased sO = sQ: this warpgroup's last QK^T, the only reader of its 64 rows of sQ, is done.)
-    {
-      Tensor rO = make_tensor_like<Element>(tOrO);
-      Tensor rO32 = recast<uint32_t>(rO);
-      CUTE_UNROLL
-      for (int i = 0; i < size(rO32); ++i) rO32(i) = pack2<Element>(tOrO(2 * i), tOrO(2 * i + 1));
-      auto smem_copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
-      auto thr_copy_o = smem_copy_o.get_thread_slice(mma_tid);
-      Tensor tOrO_s = thr_copy_o.retile_S(rO);
-      Tensor tOsO = thr_copy_o.partition_D(sO);
-      copy(smem_copy_o, tOrO_s, tOsO);
-    }
+    stage_o_to_smem<Element>(mma_pv, tOrO, sO, mma_tid);
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> visible to TMA
     NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
     if (mma_tid == 0) {
-      Tensor mO = p.tma_o.get_tma_tensor(make_shape(p.seqlen_q, p.head_dim, p.heads_q, p.batch));
-      Tensor gO = local_tile(mO(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                             make_coord(m_block, _0{}));
-      auto cta_tma_o = p.tma_o.get_slice(_0{});
-      copy(p.tma_o, cta_tma_o.partition_S(sO), cta_tma_o.partition_D(gO));
+      tma_store_o<kBlockM, kHeadDim>(p, sO, m_block, head, batch);
       tma_store_arrive();
       if (!p.separate_o) {
         tma_store_wait<0>();  // smem read done: the producer may load the next Q into it
         ClusterBarrier::arrive(&ss.bar.q_empty);
       }
     }
-    if (p.lse != nullptr && (mma_tid % 4) == 0) {
-      CUTE_UNROLL
-      for (int i = 0; i < kRows; ++i) {
-        const int row = m_block * kBlockM + get<0>(cS(i, 0));
-        if (row < p.seqlen_q) p.lse[(int64_t(batch) * p.heads_q + head) * p.seqlen_q + row] = lse[i];
-      }
-    }
+    write_lse<kBlockM>(p, cS, lse, m_block, head, batch, mma_tid);
     ++tiles_done;
   }
   // The CTA's smem must outlive the last bulk store that reads it.
@@ -678,36 +725,19 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 // Host launch
 // ---------------------------------------------------------------------------------------------
 
-template <class Traits, bool kSoftcap>
-cudaError_t launch_fwd_sm90(const FwdParams& fp, cudaStream_t stream) {
-  using Element = typename Traits::Element;
-  using Params = typename Traits::Params;
-  constexpr int kBlockM = Traits::kBlockM;
-  constexpr int kBlockN = Traits::kBlockN;
-  constexpr int kHeadDim = Traits::kHeadDim;
+// (seqlen, d, heads, batch) gmem view of a forward operand, d contiguous.
+template <typename Element>
+auto fwd_gmem_tensor(const void* ptr, int seqlen, int head_dim, int heads, int batch, int64_t row,
+                     int64_t head, int64_t batch_stride) {
+  return make_tensor(make_gmem_ptr(static_cast<Element*>(const_cast<void*>(ptr))),
+                     make_layout(make_shape(seqlen, head_dim, heads, batch),
+                                 make_stride(row, _1{}, head, batch_stride)));
+}
 
-  auto gtensor = [&](const void* ptr, int seqlen, int heads, int64_t row, int64_t head, int64_t batch) {
-    return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
-                       make_layout(make_shape(seqlen, fp.head_dim, heads, fp.batch),
-                                   make_stride(row, _1{}, head, batch)));
-  };
-  Tensor mQ = gtensor(fp.q, fp.seqlen_q, fp.heads_q, fp.q_row_stride, fp.q_head_stride, fp.q_batch_stride);
-  Tensor mK = gtensor(fp.k, fp.seqlen_k, fp.heads_k, fp.k_row_stride, fp.k_head_stride, fp.k_batch_stride);
-  Tensor mV = gtensor(fp.v, fp.seqlen_k, fp.heads_k, fp.v_row_stride, fp.v_head_stride, fp.v_batch_stride);
-  Tensor mO = make_tensor(make_gmem_ptr(static_cast<Element*>(fp.out)),
-                          make_layout(make_shape(fp.seqlen_q, fp.head_dim, fp.heads_q, fp.batch),
-                                      make_stride(fp.o_row_stride, _1{}, fp.o_head_stride, fp.o_batch_stride)));
-
-  Params p;
-  p.tma_q = make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{},
-                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
-  p.tma_k = make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutK{}),
-                          Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
-  p.tma_v = make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutV{}),
-                          Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
-  p.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{},
-                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
-  p.o = static_cast<Element*>(fp.out);
+// The shared Params fields from the call's FwdParams; zeroes the dynamic scheduler's counter.
+template <int kBlockM, bool kSoftcap, typename OutElement>
+cudaError_t fill_fwd_params(FwdParamsBase<OutElement>& p, const FwdParams& fp, cudaStream_t stream) {
+  p.o = static_cast<OutElement*>(fp.out);
   p.o_row_stride = fp.o_row_stride;
   p.o_head_stride = fp.o_head_stride;
   p.o_batch_stride = fp.o_batch_stride;
@@ -730,9 +760,6 @@ cudaError_t launch_fwd_sm90(const FwdParams& fp, cudaStream_t stream) {
   // Rotated block order measured no better than plain right-to-left on H100 (RESULTS.md v2), so
   // it stays off; kept as a switch for the next tuning round.
   p.rotate_blocks = false;
-  // Separate sO measured +10-15% at seq 512-2k and equal at >= 4k vs storing O through sQ
-  // (RESULTS.md v4); the aliased protocol remains for hdim 192/256, where sO does not fit.
-  p.separate_o = Traits::kSeparateO;
   // Uneven rows (causal/local): tiles are handed out longest-first through a global counter.
   p.tile_counter = nullptr;
   if (p.longest_first && fp.workspace != nullptr && fp.workspace_bytes >= sizeof(int)) {
@@ -748,12 +775,16 @@ cudaError_t launch_fwd_sm90(const FwdParams& fp, cudaStream_t stream) {
     p.softcap_scale = 0.f;
     p.scale_log2 = fp.softmax_scale * kLog2e;
   }
+  return cudaSuccess;
+}
 
-  auto kernel = fwd_sm90_kernel<Traits, kSoftcap>;
+// Persistent launch: min(tiles, SMs) CTAs of Traits::kNumThreads with Traits::kSmemBytes of dynamic
+// smem. The >48 KB opt-in is per device, remembered per (Traits, kSoftcap) instantiation.
+template <class Traits, bool kSoftcap, class Params>
+cudaError_t launch_persistent(void (*kernel)(Params), const Params& p, int num_sms, cudaStream_t stream) {
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
-  // The >48 KB dynamic-smem opt-in is per device: remember it per (instantiation, device).
   static std::atomic<uint64_t> smem_attr_set{0};
   const uint64_t dev_bit = dev < 64 ? (uint64_t(1) << dev) : 0;
   if (dev_bit == 0 || !(smem_attr_set.load(std::memory_order_relaxed) & dev_bit)) {
@@ -761,7 +792,6 @@ cudaError_t launch_fwd_sm90(const FwdParams& fp, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     smem_attr_set.fetch_or(dev_bit, std::memory_order_relaxed);
   }
-  int num_sms = fp.num_sms;
   if (num_sms <= 0) {
     err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
     if (err != cudaSuccess) return err;
@@ -770,6 +800,39 @@ cudaError_t launch_fwd_sm90(const FwdParams& fp, cudaStream_t stream) {
   if (grid <= 0) return cudaSuccess;
   kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <class Traits, bool kSoftcap>
+cudaError_t launch_fwd_sm90(const FwdParams& fp, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  using Params = typename Traits::Params;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+
+  auto mQ = fwd_gmem_tensor<Element const>(fp.q, fp.seqlen_q, fp.head_dim, fp.heads_q, fp.batch,
+                                           fp.q_row_stride, fp.q_head_stride, fp.q_batch_stride);
+  auto mK = fwd_gmem_tensor<Element const>(fp.k, fp.seqlen_k, fp.head_dim, fp.heads_k, fp.batch,
+                                           fp.k_row_stride, fp.k_head_stride, fp.k_batch_stride);
+  auto mV = fwd_gmem_tensor<Element const>(fp.v, fp.seqlen_k, fp.head_dim, fp.heads_k, fp.batch,
+                                           fp.v_row_stride, fp.v_head_stride, fp.v_batch_stride);
+  auto mO = fwd_gmem_tensor<Element>(fp.out, fp.seqlen_q, fp.head_dim, fp.heads_q, fp.batch,
+                                     fp.o_row_stride, fp.o_head_stride, fp.o_batch_stride);
+  Params p;
+  p.tma_q = make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{},
+                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
+  p.tma_k = make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutK{}),
+                          Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+  p.tma_v = make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutV{}),
+                          Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+  p.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{},
+                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
+  // Separate sO measured +10-15% at seq 512-2k and equal at >= 4k vs storing O through sQ
+  // (RESULTS.md v4); the aliased protocol remains for hdim 192/256, where sO does not fit.
+  p.separate_o = Traits::kSeparateO;
+  cudaError_t err = fill_fwd_params<kBlockM, kSoftcap>(p, fp, stream);
+  if (err != cudaSuccess) return err;
+  return launch_persistent<Traits, kSoftcap>(fwd_sm90_kernel<Traits, kSoftcap>, p, fp.num_sms, stream);
 }
 
 template <typename Element, int kHeadDim>
