@@ -390,15 +390,15 @@ def attention_quantized(q8, k8, v8, q_descale, k_descale, v_descale, cfg: Attent
 
 
 def _rotate_for_fp8(x, signs):
-    """``rotate`` at tensor-core speed: the ±1 Sylvester blocks and the signs are exact in
-    bfloat16, so only x's rounding to bfloat16 (2^-9 relative, far below e4m3's 2^-4) differs
-    from the float32 product; accumulation is float32 and the 1/sqrt(p) scale is applied after."""
+    """``rotate`` at tensor-core speed, for quantizing to e4m3 right after. The ±1 Sylvester
+    blocks and the signs are exact in bfloat16; x (scaled by 1/sqrt(p)) and the float32-accumulated
+    product are each rounded to bfloat16 (2^-9 relative, far below e4m3's 2^-4). A bfloat16 result
+    halves the bytes the rotation writes and quantize reads twice (amax, then scale)."""
     d = x.shape[-1]
     p = d & -d
     ones = jnp.asarray(_hadamard_np(d) * math.sqrt(p), jnp.bfloat16)  # entries 0, ±1: exact
-    xs = x.astype(jnp.bfloat16) * signs.astype(jnp.bfloat16)  # ±1: exact
-    y = jnp.matmul(xs, ones, preferred_element_type=_F32)
-    return y * (1.0 / math.sqrt(p))
+    xs = (x.astype(_F32) * (signs.astype(_F32) / math.sqrt(p))).astype(jnp.bfloat16)
+    return jnp.matmul(xs, ones, preferred_element_type=jnp.bfloat16)
 
 
 def _quantize_qkv(q, k, v, signs, granularity: str):
