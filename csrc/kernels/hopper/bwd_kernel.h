@@ -8,11 +8,13 @@
 //   dV  += P^T dO     (RS for hdim <= 128: P^T straight from the S^T accumulator registers)
 //   dK  += dS^T Q     (RS likewise)
 //   dQ   = dS K       (SS: dS goes through shared memory, it spans both warpgroups' keys)
+// For hdim 96/128 without softcap the elementwise passes overlap the GEMMs: P^T is computed while
+// dP^T runs, dV is issued before dS^T is computed, and dK before the barrier that dQ needs.
 // Loads: thread 0 issues TMA (Q, dO, K, V; zero-filled past the sequence and the real head dim)
 // and 1-D bulk copies (LSE, dPsum) one query block ahead, on one transaction mbarrier per stage.
-// dQ is summed in fp32 in a zeroed workspace: for hdim <= 128 each CTA stages its dQ tile in smem
-// (fragment order) and thread 0 issues one bulk reduce-add (cp.reduce.async.bulk .add.f32); hdim
-// 192/256 use float2 atomics. With `deterministic` the CTAs of a query block add in a fixed
+// dQ is summed in fp32 in a zeroed workspace: each CTA stages its dQ tile in smem (fragment
+// order; hdim 256 in the Q/dO buffers of the stage just consumed) and thread 0 issues a bulk
+// reduce-add (cp.reduce.async.bulk .add.f32). With `deterministic` the CTAs of a query block add in a fixed
 // key-block order (right to left) behind a per-(batch, head, query block) semaphore.
 // Not (yet) FA3's structure: no producer warpgroup / setmaxnreg, the consumer WGs run in lock step.
 #pragma once
@@ -64,11 +66,17 @@ struct BwdTraits {
   static constexpr bool kDkvRS = kHeadDim <= 128;
   // dQ: split the query rows between the WGs when there are 128 of them, else split D.
   static constexpr bool kDqSplitM = kBlockM >= 128;
-  // dQ partial sums leave through a shared-memory tile and one bulk reduce-add
+  // dQ partial sums leave through a shared-memory tile and a bulk reduce-add
   // (cp.reduce.async.bulk .add.f32, done by the TMA unit) instead of per-thread atomics. The tile
   // is kept in thread-fragment order (conflict-free 16-byte stores); the convert kernel undoes it.
-  // hdim 192/256 have no smem left for the fp32 tile and use float2 atomics.
-  static constexpr bool kDqBulk = kHeadDim <= 128;
+  // hdim 256 has no smem left for its own fp32 tile: it is staged in the Q and dO buffers of the
+  // stage just consumed (exactly 2 x kBlockM x hd x 2 bytes), and the next load into that stage
+  // waits until the reduce has read them.
+  static constexpr bool kDqInStage = kHeadDim > 192;
+  // Overlap the elementwise P / dS^T passes with the dP^T and dV GEMMs (needs P^T/dS^T in
+  // registers; softcap keeps the single pass, its tanh' would need another fragment). Not at
+  // kBlockM = 128 (hdim 64): the extra live fp32 P spills there and measured 2% slower.
+  static constexpr bool kOverlapSdP = kDkvRS && !kSoftcap && kBlockM == 64;
 
   using BM = Int<kBlockM>;
   using BN = Int<kBlockN>;
@@ -123,7 +131,7 @@ struct BwdTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> v;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>> ds;
     alignas(1024) cute::array_aligned<Element, kDkvRS ? 8 : cosize_v<SmemLayoutdS>> p;
-    alignas(128) float dq[kDqBulk ? kBlockM * kHeadDim : 4];
+    alignas(128) float dq[kDqInStage ? 4 : kBlockM * kHeadDim];
     alignas(16) float lse[kStages][kBlockM];
     alignas(16) float dpsum[kStages][kBlockM];
     alignas(8) uint64_t bar_kv;             // K, V landed (TMA transaction barrier)
@@ -293,35 +301,8 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(BwdArgs a) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// dQ convert: dq = dq_accum * softmax_scale, to the input dtype. One thread per 8 columns.
-// ---------------------------------------------------------------------------------------------
-
-template <class Element, int kHeadDim>
-__global__ void __launch_bounds__(256) bwd_convert_dq_kernel(BwdArgs a) {
-  const BwdParams& p = a.p;
-  const int chunks = p.head_dim / 8;
-  const int64_t total = int64_t(p.batch) * p.heads_q * p.seqlen_q * chunks;
-  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
-       t += int64_t(gridDim.x) * blockDim.x) {
-    const int c = int(t % chunks);
-    const int64_t row = t / chunks;  // (b, h, i)
-    const int i = int(row % p.seqlen_q);
-    const int bh = int(row / p.seqlen_q);
-    const int h = bh % p.heads_q, b = bh / p.heads_q;
-    const float* src = a.dq_accum + ((int64_t(bh) * a.seq_pad + i) * kHeadDim + c * 8);
-    float4 x0 = *reinterpret_cast<const float4*>(src);
-    float4 x1 = *reinterpret_cast<const float4*>(src + 4);
-    const float s = p.softmax_scale;
-    Element out[8] = {Element(x0.x * s), Element(x0.y * s), Element(x0.z * s), Element(x0.w * s),
-                      Element(x1.x * s), Element(x1.y * s), Element(x1.z * s), Element(x1.w * s)};
-    Element* dst = reinterpret_cast<Element*>(p.dq) + b * p.q_batch_stride +
-                   int64_t(i) * p.q_row_stride + h * p.q_head_stride + c * 8;
-    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(out);
-  }
-}
-
-// dQ convert for the fragment-ordered tiles of the bulk path: one CTA per (query block, head,
-// batch), thread t reads the float4s it (as a main-kernel thread) wrote and knows their (row, col)
+// dQ convert: dq = dq_accum * softmax_scale, to the input dtype. The accumulator tiles are in
+// fragment order: one CTA per (query block, head, batch), thread t reads the float4s it (as a main-kernel thread) wrote and knows their (row, col)
 // from the same dQ TiledMma partition.
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads) bwd_convert_dq_frag_kernel(BwdArgs a) {
@@ -373,6 +354,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kThreads = Traits::kThreads;
   constexpr bool kDkvRS = Traits::kDkvRS;
+  constexpr bool kOverlapSdP = Traits::kOverlapSdP;
   using SharedStorage = typename Traits::SharedStorage;
 
   extern __shared__ __align__(1024) char smem_raw[];
@@ -499,6 +481,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
   int64_t pend_off = -1;
   int* pend_sem = nullptr;
   int pend_turn = 0;
+  int pend_stage = 0;
+  // kDqInStage: the fp32 dQ tile of stage s lives in Q[s] (first half) and dO[s] (second half).
+  auto dq_stage_lo = [&](int s) { return reinterpret_cast<float*>(smem.q.data() + s * kBlockM * kHeadDim); };
+  auto dq_stage_hi = [&](int s) { return reinterpret_cast<float*>(smem.dout.data() + s * kBlockM * kHeadDim); };
   // Deterministic mode: the semaphore of the tile last reduced, released only once its adds have
   // landed. Thread 0 waits for that late (mid-iteration), so WG0's WGMMAs do not stall on the
   // round trip right after the reduce is issued.
@@ -513,15 +499,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
     }
   };
   auto flush_dq = [&]() {
-    if constexpr (Traits::kDqBulk) {
-      if (pend_off < 0) return;
-      if (p.deterministic) {
-        while (ld_acquire(pend_sem) != pend_turn) {
-        }
+    if (pend_off < 0) return;
+    if (p.deterministic) {
+      while (ld_acquire(pend_sem) != pend_turn) {
       }
-      bulk_reduce_add_f32(a.dq_accum + pend_off, smem.dq, kBlockM * kHeadDim * sizeof(float));
-      if (p.deterministic) release_sem = pend_sem;
     }
+    if constexpr (Traits::kDqInStage) {
+      constexpr int kHalf = kBlockM * kHeadDim / 2;  // floats; one stage of Q (or dO) in bytes / 4
+      bulk_reduce_add_f32(a.dq_accum + pend_off, dq_stage_lo(pend_stage), kHalf * sizeof(float));
+      bulk_reduce_add_f32(a.dq_accum + pend_off + kHalf, dq_stage_hi(pend_stage), kHalf * sizeof(float));
+    } else {
+      bulk_reduce_add_f32(a.dq_accum + pend_off, smem.dq, kBlockM * kHeadDim * sizeof(float));
+    }
+    if (p.deterministic) release_sem = pend_sem;
   };
 
   for (int it = 0; it < total_iters; ++it) {
@@ -532,7 +522,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
 
     __syncthreads();  // iteration it-1 is done with dS, smem.dq and the other Q/dO stage
     if (tid == 0) {
-      if (it + 1 < total_iters) load_q_do(it + 1, stage ^ 1);
+      if constexpr (!Traits::kDqInStage) {
+        if (it + 1 < total_iters) load_q_do(it + 1, stage ^ 1);
+      }
       flush_dq();
     }
     pend_off = -1;
@@ -543,7 +535,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
     Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
     wgmma_gemm<true>(mma_sdp, tSrK, tSrQ(_, _, _, stage), tSrS);
     wgmma_gemm<true>(mma_sdp, tdPrV, tdPrdO(_, _, _, stage), tdPrdP);
-    warpgroup_wait<0>();
 
     // P^T and dS^T, elementwise in fp32.
     const int row0 = m * kBlockM;
@@ -552,65 +543,99 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
                             (wl < 0 || row0 + kBlockM - 1 + off - wl <= j_min);
     const float* s_lse = smem.lse[stage];
     const float* s_dpsum = smem.dpsum[stage];
-    // One pass: each fp32 S/dP value dies as soon as its 16-bit P/dS exists (register pressure).
+    auto visible = [&](int i) {
+      const int qi = row0 + get<1>(tScS(i)), kj = j_min + get<0>(tScS(i));
+      return kj < Sk && (wl < 0 || kj >= qi + off - wl) && (wr < 0 || kj <= qi + off + wr);
+    };
     Tensor rP = make_tensor_like<Element>(tSrS);
     Tensor rdS = make_tensor_like<Element>(tdPrdP);
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(tSrS); ++i) {
-      const int jl = get<0>(tScS(i));
-      const int il = get<1>(tScS(i));
-      float pval, dtanh = 1.f;
-      if constexpr (Traits::kSoftcap) {
-        const float t = tanh_approx(tSrS(i) * softcap_in);
-        pval = exp2f(t * softcap_out - s_lse[il]);
-        dtanh = 1.f - t * t;
-      } else {
-        pval = exp2f(tSrS(i) * scale_log2 - s_lse[il]);
-      }
-      if (!full_block) {
-        const int qi = row0 + il, kj = j_min + jl;
-        const bool vis = kj < Sk && (wl < 0 || kj >= qi + off - wl) && (wr < 0 || kj <= qi + off + wr);
-        pval = vis ? pval : 0.f;
-      }
-      float ds = pval * (tdPrdP(i) - s_dpsum[il]);
-      if constexpr (Traits::kSoftcap) ds *= dtanh;
-      rP(i) = Element(pval);
-      rdS(i) = Element(ds);
-    }
-    // Pairs of accumulator values are adjacent queries: adjacent in the query-contiguous dS.
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(rdS) / 2; ++i) {
-      *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
-    }
-    if constexpr (!kDkvRS) {
+    if constexpr (kOverlapSdP) {
+      // Overlapped order (dK/dV from registers, no softcap): P while dP^T is still on the tensor
+      // cores, then dV += P^T dO issued before dS^T is computed, and dK += dS^T Q before the
+      // barrier that dQ needs. S^T's registers keep P in fp32 for dS.
+      warpgroup_wait<1>();
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(rP) / 2; ++i) {
-        *reinterpret_cast<uint32_t*>(&tPsP(2 * i)) = *reinterpret_cast<const uint32_t*>(&rP(2 * i));
+      for (int i = 0; i < size(tSrS); ++i) {
+        float pval = exp2f(tSrS(i) * scale_log2 - s_lse[get<1>(tScS(i))]);
+        if (!full_block) pval = visible(i) ? pval : 0.f;
+        tSrS(i) = pval;
+        rP(i) = Element(pval);
+      }
+      Tensor tdVrP = make_tensor(rP.data(), acc_to_a_layout(rP.layout()));
+      wgmma_gemm<false, true>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
+      warpgroup_wait<1>();  // dP^T has landed; dV may still run
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        rdS(i) = Element(tSrS(i) * (tdPrdP(i) - s_dpsum[get<1>(tScS(i))]));
+      }
+      // Pairs of accumulator values are adjacent queries: adjacent in the query-contiguous dS.
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(rdS) / 2; ++i) {
+        *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
+      }
+      Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
+      wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
+    } else {
+      warpgroup_wait<0>();
+      // One pass: each fp32 S/dP value dies as soon as its 16-bit P/dS exists (register pressure).
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int il = get<1>(tScS(i));
+        float pval, dtanh = 1.f;
+        if constexpr (Traits::kSoftcap) {
+          const float t = tanh_approx(tSrS(i) * softcap_in);
+          pval = exp2f(t * softcap_out - s_lse[il]);
+          dtanh = 1.f - t * t;
+        } else {
+          pval = exp2f(tSrS(i) * scale_log2 - s_lse[il]);
+        }
+        if (!full_block) pval = visible(i) ? pval : 0.f;
+        float ds = pval * (tdPrdP(i) - s_dpsum[il]);
+        if constexpr (Traits::kSoftcap) ds *= dtanh;
+        rP(i) = Element(pval);
+        rdS(i) = Element(ds);
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(rdS) / 2; ++i) {
+        *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
+      }
+      if constexpr (!kDkvRS) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(rP) / 2; ++i) {
+          *reinterpret_cast<uint32_t*>(&tPsP(2 * i)) = *reinterpret_cast<const uint32_t*>(&rP(2 * i));
+        }
       }
     }
-    if constexpr (Traits::kDqBulk) {
-      if (tid == 0) {
-        release_dq();          // deterministic: the previous tile's turn is over
-        bulk_wait_read_all();  // the previous dQ tile has left smem.dq
+    if (tid == 0) {
+      release_dq();          // deterministic: the previous tile's turn is over
+      bulk_wait_read_all();  // the previous dQ tile has left its staging buffer
+      if constexpr (Traits::kDqInStage) {
+        // ... which was the other stage's Q/dO: only now can the next query block load there.
+        if (it + 1 < total_iters) load_q_do(it + 1, stage ^ 1);
       }
     }
     cutlass::arch::fence_view_async_shared();
     __syncthreads();
 
-    if constexpr (kDkvRS) {
-      Tensor tdVrP = make_tensor(rP.data(), acc_to_a_layout(rP.layout()));
-      Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
-      wgmma_gemm<false, true>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
-      wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
-    } else {
-      Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt));
-      Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));
-      wgmma_gemm<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), tdVrdV);
-      wgmma_gemm<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), tdKrdK);
+    if constexpr (!kOverlapSdP) {
+      if constexpr (kDkvRS) {
+        Tensor tdVrP = make_tensor(rP.data(), acc_to_a_layout(rP.layout()));
+        Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
+        wgmma_gemm<false, true>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
+        wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
+      } else {
+        Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt));
+        Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));
+        wgmma_gemm<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), tdVrdV);
+        wgmma_gemm<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), tdKrdK);
+      }
     }
     Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     wgmma_gemm<true>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);
     warpgroup_wait<0>();
+    // The RS GEMMs read rP / rdS until this wait: keep their registers live up to here.
+    warpgroup_fence_operand(rP);
+    warpgroup_fence_operand(rdS);
 
     // dQ partial sums into the fp32 workspace.
     const int64_t tile_off = ((int64_t(b) * p.heads_q + hq) * a.seq_pad + row0) * kHeadDim;
@@ -620,42 +645,31 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
     int n_hi = a.n_blocks - 1;
     if (wr >= 0) n_hi = min(n_hi, floor_div(min(Sq, row0 + kBlockM) - 1 + off + wr, kBlockN));
     const int turn = n_hi - n_block;
-    if constexpr (Traits::kDqBulk) {
+    {
       constexpr int kVals = decltype(size(tdQrdQ))::value;
-      static_assert(kVals % 4 == 0, "float4 chunks");
+      static_assert(kVals % 8 == 0, "float4 chunks, split evenly between the two staging halves");
+      if constexpr (Traits::kDqInStage) {
+        __syncthreads();  // both WGs' dK/dV GEMMs have finished reading this stage's Q and dO
+      }
       CUTLASS_PRAGMA_UNROLL
       for (int v4 = 0; v4 < kVals / 4; ++v4) {
-        *reinterpret_cast<float4*>(&smem.dq[(v4 * kThreads + tid) * 4]) =
-            make_float4(tdQrdQ(4 * v4), tdQrdQ(4 * v4 + 1), tdQrdQ(4 * v4 + 2), tdQrdQ(4 * v4 + 3));
+        const float4 x = make_float4(tdQrdQ(4 * v4), tdQrdQ(4 * v4 + 1), tdQrdQ(4 * v4 + 2), tdQrdQ(4 * v4 + 3));
+        if constexpr (Traits::kDqInStage) {
+          constexpr int kHalfV4 = kVals / 8;  // v4 < kHalfV4 lands in the first half of the tile
+          float* dst = v4 < kHalfV4 ? dq_stage_lo(stage) : dq_stage_hi(stage);
+          *reinterpret_cast<float4*>(&dst[((v4 % kHalfV4) * kThreads + tid) * 4]) = x;
+        } else {
+          *reinterpret_cast<float4*>(&smem.dq[(v4 * kThreads + tid) * 4]) = x;
+        }
       }
       cutlass::arch::fence_view_async_shared();  // generic smem writes -> bulk copy (async proxy)
       pend_off = tile_off;
       pend_sem = sem;
       pend_turn = turn;
-    } else {
-      Tensor gdQ = make_tensor(make_gmem_ptr(a.dq_accum + tile_off), Shape<Int<kBlockM>, Int<kHeadDim>>{},
-                               Stride<Int<kHeadDim>, _1>{});
-      Tensor tdQgdQ = thr_dq.partition_C(gdQ);
-      if (p.deterministic) {
-        if (tid == 0) {
-          while (ld_acquire(sem) != turn) {
-          }
-        }
-        __syncthreads();
-      }
-      static_assert(decltype(size<0, 0>(tdQrdQ))::value == 2, "accumulator pairs");
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tdQrdQ) / 2; ++i) {
-        atomicAdd(reinterpret_cast<float2*>(&tdQgdQ(2 * i)), make_float2(tdQrdQ(2 * i), tdQrdQ(2 * i + 1)));
-      }
-      if (p.deterministic) {
-        __threadfence();
-        __syncthreads();
-        if (tid == 0) atomicAdd(sem, 1);
-      }
+      pend_stage = stage;
     }
   }
-  if constexpr (Traits::kDqBulk) {
+  {
     __syncthreads();
     if (tid == 0) {
       flush_dq();
@@ -757,19 +771,9 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
   }
   using ConvTraits = BwdTraits<Element, kHeadDim, false>;
-  if constexpr (ConvTraits::kDqBulk) {
-    dim3 grid(a.m_blocks, p.heads_q, p.batch);
-    bwd_convert_dq_frag_kernel<ConvTraits><<<grid, ConvTraits::kThreads, 0, stream>>>(a);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  } else {
-    const int64_t total = int64_t(p.batch) * p.heads_q * p.seqlen_q * (p.head_dim / 8);
-    if (total > 0) {
-      const int blocks = int(std::min<int64_t>((total + 255) / 256, int64_t(p.num_sms > 0 ? p.num_sms : 132) * 16));
-      bwd_convert_dq_kernel<Element, kHeadDim><<<blocks, 256, 0, stream>>>(a);
-      if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    }
-  }
-  return cudaSuccess;
+  dim3 grid(a.m_blocks, p.heads_q, p.batch);
+  bwd_convert_dq_frag_kernel<ConvTraits><<<grid, ConvTraits::kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
 }
 
 }  // namespace bwd_sm90

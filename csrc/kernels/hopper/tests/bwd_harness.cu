@@ -15,7 +15,8 @@
 //   nvcc $NVF $HAS -c csrc/kernels/hopper/bwd_sm90.cu -o build-bwd/bwd_sm90.o
 //   nvcc $NVF $HAS csrc/kernels/hopper/tests/bwd_harness.cu build-bwd/bwd_sm90.o build-bwd/t128.o
 //        -o build-bwd/bwd_harness
-// Usage: bwd_harness [check|bench|all] (default all) | bwd_harness one D S causal det
+// Usage: bwd_harness [check|small|bench|all] (default all) | bwd_harness one D S causal det
+// (small: three small configs per head dim, for compute-sanitizer)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -427,6 +428,15 @@ int main(int argc, char** argv) {
       check({2, 1000, 113, 4, 1, D, true, -1, -1, 0.f, false, false}, sms, seed++);  // rows 0..886 see nothing
       check({1, 1, 17, 2, 2, D, true, -1, -1, 0.f, false, false}, sms, seed++);
       check({1, 1000, 1000, 2, 2, D, true, -1, -1, 20.f, true, true}, sms, seed++);
+    }
+    printf("check failures: %d\n", g_fail);
+  }
+  if (mode == "small") {  // a few small configs per head dim, for compute-sanitizer
+    uint64_t seed = 5000;
+    for (int D : {64, 96, 128, 192, 256}) {
+      check({1, 113, 200, 2, 1, D, false, -1, -1, 0.f, false, false}, sms, seed++);
+      check({1, 130, 130, 2, 2, D, true, -1, -1, 0.f, false, true}, sms, seed++);
+      check({1, 17, 150, 2, 2, D, false, -1, -1, 30.f, false, false}, sms, seed++);
     }
     printf("check failures: %d\n", g_fail);
   }
