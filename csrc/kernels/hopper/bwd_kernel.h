@@ -2,25 +2,27 @@
 //
 // Main kernel: one CTA per (key block of kBlockN rows, KV head, batch); it loops over the query
 // heads of its GQA group and the query blocks that can see its keys, so dK/dV of a KV head are
-// summed over the group in registers (no per-query-head copies, no dK/dV atomics). Two consumer
-// warpgroups; all five GEMMs are WGMMA:
+// summed over the group in registers (no per-query-head copies, no dK/dV atomics).
+// Warp specialized: warpgroup 0 is the producer (24 registers): its warp 0 issues the TMA loads
+// (K, V once; Q, dO and the 1-D bulk copies of LSE, dPsum per query block into a 2-stage ring
+// with full/empty mbarriers), its warp 1 is the dQ writer. Warpgroups 1 and 2 (240 registers)
+// run all five GEMMs on WGMMA:
 //   S^T  = K Q^T      (SS)      dP^T = V dO^T   (SS)      -- rows = keys, so the fragments hold P^T
 //   dV  += P^T dO     (RS for hdim <= 128: P^T straight from the S^T accumulator registers)
 //   dK  += dS^T Q     (RS likewise)
 //   dQ   = dS K       (SS: dS goes through shared memory, it spans both warpgroups' keys)
+// and meet once per query block, at the named barrier that publishes dS (double-buffered).
 // For hdim 96/128 without softcap the elementwise passes overlap the GEMMs: P^T is computed while
 // dP^T runs, dV is issued before dS^T is computed, and dK before the barrier that dQ needs.
-// Loads: thread 0 issues TMA (Q, dO, K, V; zero-filled past the sequence and the real head dim)
-// and 1-D bulk copies (LSE, dPsum) one query block ahead, on one transaction mbarrier per stage.
-// dQ is summed in fp32 in a zeroed workspace: each CTA stages its dQ tile in smem (fragment
-// order; hdim 256 in the Q/dO buffers of the stage just consumed) and thread 0 issues a bulk
-// reduce-add (cp.reduce.async.bulk .add.f32). With `deterministic` the CTAs of a query block add in a fixed
-// key-block order (right to left) behind a per-(batch, head, query block) semaphore.
-// Not (yet) FA3's structure: no producer warpgroup / setmaxnreg, the consumer WGs run in lock step.
+// dQ is summed in fp32 in a zeroed workspace: the MMA warpgroups stage each dQ tile in smem
+// (fragment order; hdim 192/256 in the Q/dO buffers of the stage just consumed) and the dQ writer
+// issues a bulk reduce-add (cp.reduce.async.bulk .add.f32). With `deterministic` the writer adds a
+// query block's tiles in a fixed key-block order (right to left) behind a per-(batch, head,
+// query block) semaphore, so only the writer ever spins.
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cute/arch/copy_sm80.hpp>
+#include <cutlass/arch/reg_reconfig.h>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_types.h>
@@ -58,8 +60,13 @@ struct BwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = block_m(kHeadDim);
   static constexpr int kBlockN = block_n(kHeadDim);
+  // Warpgroup 0 is the producer (warp 0: TMA loads; warp 1: dQ bulk reduce-adds), warpgroups 1
+  // and 2 run the MMAs. kThreads (the MMA threads) fixes the dQ fragment order.
   static constexpr int kNumWG = 2;
   static constexpr int kThreads = 128 * kNumWG;
+  static constexpr int kThreadsTotal = kThreads + 128;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kMmaRegs = 240;
   static constexpr int kStages = 2;  // Q/dO/LSE/dPsum double buffer
   static constexpr bool kSoftcap = kSoftcap_;
   // dK/dV GEMMs take P^T/dS^T from registers when each WG owns whole key rows of S^T.
@@ -69,10 +76,10 @@ struct BwdTraits {
   // dQ partial sums leave through a shared-memory tile and a bulk reduce-add
   // (cp.reduce.async.bulk .add.f32, done by the TMA unit) instead of per-thread atomics. The tile
   // is kept in thread-fragment order (conflict-free 16-byte stores); the convert kernel undoes it.
-  // hdim 256 has no smem left for its own fp32 tile: it is staged in the Q and dO buffers of the
-  // stage just consumed (exactly 2 x kBlockM x hd x 2 bytes), and the next load into that stage
-  // waits until the reduce has read them.
-  static constexpr bool kDqInStage = kHeadDim > 192;
+  // hdim 192/256 have no smem left for their own fp32 tile: it is staged in the Q and dO buffers
+  // of the stage just consumed (exactly 2 x kBlockM x hd x 2 bytes), and that stage is handed
+  // back to the producer only once the reduce has read them.
+  static constexpr bool kDqInStage = kHeadDim >= 192;
   // Overlap the elementwise P / dS^T passes with the dP^T and dV GEMMs (needs P^T/dS^T in
   // registers; softcap keeps the single pass, its tanh' would need another fragment). Not at
   // kBlockM = 128 (hdim 64): the extra live fp32 P spills there and measured 2% slower.
@@ -129,15 +136,25 @@ struct BwdTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> dout;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> k;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>> v;
-    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>> ds;
-    alignas(1024) cute::array_aligned<Element, kDkvRS ? 8 : cosize_v<SmemLayoutdS>> p;
+    // dS (and P) double-buffered by iteration parity: one warpgroup may write the next dS while
+    // the other still runs its dQ GEMM on the last one.
+    alignas(1024) cute::array_aligned<Element, 2 * cosize_v<SmemLayoutdS>> ds;
+    alignas(1024) cute::array_aligned<Element, kDkvRS ? 8 : 2 * cosize_v<SmemLayoutdS>> p;
     alignas(128) float dq[kDqInStage ? 4 : kBlockM * kHeadDim];
     alignas(16) float lse[kStages][kBlockM];
     alignas(16) float dpsum[kStages][kBlockM];
-    alignas(8) uint64_t bar_kv;             // K, V landed (TMA transaction barrier)
-    alignas(8) uint64_t bar_q[kStages];     // Q, dO, LSE, dPsum of a stage landed
+    alignas(8) uint64_t bar_kv;                // K, V landed (TMA transaction barrier)
+    alignas(8) uint64_t bar_q[kStages];        // Q, dO, LSE, dPsum of a stage landed
+    alignas(8) uint64_t bar_q_empty[kStages];  // the stage may be refilled
+    alignas(8) uint64_t bar_dq_full[kStages];  // a dQ tile is staged (by stage if kDqInStage)
+    alignas(8) uint64_t bar_dq_empty;          // smem.dq has been read by the reduce
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 232448, "over the 227 KB of shared memory a block can have");
+  static constexpr int kDsElems = cosize_v<SmemLayoutdS>;
+  // Arrivals that free a Q/dO stage: every MMA thread after its GEMMs, or (kDqInStage) the dQ
+  // writer once the reduce has read the dQ tile staged there.
+  static constexpr int kQEmptyArrivals = kDqInStage ? 1 : kThreads;
 
   // TMA: global tensors are (seq, d, heads, batch) views of the (B, S, H, D) inputs; rows past
   // the sequence and columns past the real head dim are zero-filled by the copy engine.
@@ -172,11 +189,6 @@ struct BwdArgs {
 // Small device helpers
 // ---------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ void cp_async_16(uint32_t smem_addr, const void* gptr, bool pred) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gptr),
-               "r"(pred ? 16 : 0));
-}
-
 __device__ __forceinline__ float tanh_approx(float x) {
   float y;
   asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -209,25 +221,6 @@ __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wa
 
 __device__ __forceinline__ int floor_div(int a, int b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
-}
-
-// Copy a (kRows, kCols) tile of 16-bit elements, row-major with row stride `row_stride`, into a
-// (swizzled) smem tensor; rows >= rows_valid and columns >= cols_valid are zero-filled.
-template <int kRows, int kCols, int kThreads, class SmemTensor, class Element>
-__device__ __forceinline__ void load_tile_async(SmemTensor s, const Element* g, int64_t row_stride,
-                                                int rows_valid, int cols_valid) {
-  constexpr int kChunksPerRow = kCols / 8;
-  constexpr int kChunks = kRows * kChunksPerRow;
-  static_assert(kChunks % kThreads == 0, "tile must split evenly over the threads");
-#pragma unroll
-  for (int i = 0; i < kChunks / kThreads; ++i) {
-    const int c = i * kThreads + int(threadIdx.x);
-    const int r = c / kChunksPerRow;
-    const int col = (c % kChunksPerRow) * 8;
-    const bool ok = r < rows_valid && col < cols_valid;
-    const Element* src = ok ? g + r * row_stride + col : g;
-    cp_async_16(cast_smem_ptr_to_uint(&s(r, col)), src, ok);
-  }
 }
 
 // Reinterpret an SM90 fp32 accumulator layout ((2,2,V),M,N) as the RS A-operand layout
@@ -346,7 +339,7 @@ struct MainArgs {
 };
 
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<Traits> const __grid_constant__ ma) {
+__global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(MainArgs<Traits> const __grid_constant__ ma) {
   const BwdArgs& a = ma.a;
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM;
@@ -396,9 +389,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
   Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutK{});
   Tensor sKt = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKt{});
   Tensor sV = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutK{});
-  Tensor sdS = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdS{});
-  Tensor sdSt = make_tensor(make_smem_ptr(smem.ds.data()), typename Traits::SmemLayoutdSt{});
-  Tensor sPt = make_tensor(make_smem_ptr(smem.p.data()), typename Traits::SmemLayoutdSt{});
 
   // TMA views: (seq, d, heads, batch) coordinate tensors, tiled by (block rows, hd).
   Tensor mQ = ma.tma_q.get_tma_tensor(make_shape(Sq, p.head_dim, p.heads_q, p.batch));
@@ -410,8 +400,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
   auto [tKgK, tKsK] = tma_partition(ma.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   auto [tVgV, tVsV] = tma_partition(ma.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
-  // Thread 0 issues every load: Q, dO (TMA) and LSE, dPsum (1-D bulk) of iteration `it` (query
-  // head of the group, query block) into `stage`, all completing on bar_q[stage].
+  // The producer thread issues every load: Q, dO (TMA) and LSE, dPsum (1-D bulk) of iteration
+  // `it` (query head of the group, query block) into `stage`, all completing on bar_q[stage].
   auto load_q_do = [&](int it, int stage) {
     const int g = it / num_m;
     const int m = m_lo + it % num_m;
@@ -432,23 +422,99 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
 
   if (tid == 0) {
     cutlass::arch::ClusterTransactionBarrier::init(&smem.bar_kv, 1);
-    for (int s = 0; s < Traits::kStages; ++s) cutlass::arch::ClusterTransactionBarrier::init(&smem.bar_q[s], 1);
+    for (int s = 0; s < Traits::kStages; ++s) {
+      cutlass::arch::ClusterTransactionBarrier::init(&smem.bar_q[s], 1);
+      cutlass::arch::ClusterBarrier::init(&smem.bar_q_empty[s], Traits::kQEmptyArrivals);
+      cutlass::arch::ClusterBarrier::init(&smem.bar_dq_full[s], kThreads);
+    }
+    cutlass::arch::ClusterBarrier::init(&smem.bar_dq_empty, 1);
     cutlass::arch::fence_barrier_init();
   }
-  __syncthreads();
-  if (tid == 0) {
-    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&smem.bar_kv, Traits::kTmaBytesKV);
-    copy(ma.tma_k.with(smem.bar_kv), tKgK, tKsK);
-    copy(ma.tma_v.with(smem.bar_kv), tVgV, tVsV);
-    if (total_iters > 0) load_q_do(0, 0);
+  __syncthreads();  // the last CTA-wide barrier: the roles below sync through mbarriers only
+
+  // The fp32 dQ tile of an iteration: tile offset in dq_accum, its semaphore and its turn (the
+  // deterministic order adds a query block's tiles in decreasing key block).
+  auto dq_tile = [&](int it, int64_t& tile_off, int*& sem, int& turn) {
+    const int g = it / num_m;
+    const int m = m_lo + it % num_m;
+    const int hq = hk * group + g;
+    const int row0 = m * kBlockM;
+    tile_off = ((int64_t(b) * p.heads_q + hq) * a.seq_pad + row0) * kHeadDim;
+    sem = a.semaphore + (int64_t(b) * p.heads_q + hq) * (a.seq_pad / 64) + m;
+    // Key blocks that see query block m form [n_lo, n_hi] (the converse of [m_lo, m_hi] above).
+    int n_hi = a.n_blocks - 1;
+    if (wr >= 0) n_hi = min(n_hi, floor_div(min(Sq, row0 + kBlockM) - 1 + off + wr, kBlockN));
+    turn = n_hi - n_block;
+  };
+  // kDqInStage: the fp32 dQ tile of stage s lives in Q[s] (first half) and dO[s] (second half).
+  auto dq_stage_lo = [&](int s) { return reinterpret_cast<float*>(smem.q.data() + s * kBlockM * kHeadDim); };
+  auto dq_stage_hi = [&](int s) { return reinterpret_cast<float*>(smem.dout.data() + s * kBlockM * kHeadDim); };
+
+  if (tid < 128) {
+    // ------------------------------------------------------------------ producer warpgroup
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (tid == 0 && total_iters > 0) {
+      // Loads: K and V once, then Q/dO/LSE/dPsum per iteration into a free stage.
+      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&smem.bar_kv, Traits::kTmaBytesKV);
+      copy(ma.tma_k.with(smem.bar_kv), tKgK, tKsK);
+      copy(ma.tma_v.with(smem.bar_kv), tVgV, tVsV);
+      for (int it = 0; it < total_iters; ++it) {
+        const int stage = it & 1, use = it >> 1;
+        if (use > 0) cutlass::arch::ClusterBarrier::wait(&smem.bar_q_empty[stage], (use - 1) & 1);
+        load_q_do(it, stage);
+      }
+    } else if (tid == 32) {
+      // dQ writer: one bulk reduce-add per staged tile (two for kDqInStage), in the deterministic
+      // order when asked; the MMA warps never wait on a bulk copy or a semaphore.
+      for (int it = 0; it < total_iters; ++it) {
+        const int stage = it & 1;
+        if constexpr (Traits::kDqInStage) {
+          cutlass::arch::ClusterBarrier::wait(&smem.bar_dq_full[stage], (it >> 1) & 1);
+        } else {
+          cutlass::arch::ClusterBarrier::wait(&smem.bar_dq_full[0], it & 1);
+        }
+        int64_t tile_off;
+        int* sem;
+        int turn;
+        dq_tile(it, tile_off, sem, turn);
+        if (p.deterministic) {
+          while (ld_acquire(sem) != turn) {
+          }
+        }
+        if constexpr (Traits::kDqInStage) {
+          constexpr int kHalf = kBlockM * kHeadDim / 2;  // floats: one stage of Q (or dO)
+          bulk_reduce_add_f32(a.dq_accum + tile_off, dq_stage_lo(stage), kHalf * sizeof(float));
+          bulk_reduce_add_f32(a.dq_accum + tile_off + kHalf, dq_stage_hi(stage), kHalf * sizeof(float));
+          bulk_wait_read_all();
+          cutlass::arch::ClusterBarrier::arrive(&smem.bar_q_empty[stage]);
+        } else {
+          bulk_reduce_add_f32(a.dq_accum + tile_off, smem.dq, kBlockM * kHeadDim * sizeof(float));
+          bulk_wait_read_all();
+          cutlass::arch::ClusterBarrier::arrive(&smem.bar_dq_empty);
+        }
+        if (p.deterministic) {
+          bulk_wait_all();  // the adds have landed in gmem (not only left smem) before the next turn
+          asm volatile("fence.proxy.async.global;\n" ::: "memory");
+          __threadfence();
+          atomicAdd(sem, 1);
+        }
+      }
+      bulk_wait_all();  // smem must outlive the bulk reads; also flushes before the convert kernel
+    }
+    return;
   }
+
+  // -------------------------------------------------------------------- MMA warpgroups
+  cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegs>();
+  const int mt = tid - 128;  // MMA thread index, 0 .. kThreads-1
+  constexpr int kBarDs = 1, kBarQdoRead = 2;  // named barriers over the kThreads MMA threads
 
   typename Traits::TiledMmaSdP mma_sdp;
   typename Traits::TiledMmaDkv mma_dkv;
   typename Traits::TiledMmaDq mma_dq;
-  auto thr_sdp = mma_sdp.get_slice(tid);
-  auto thr_dkv = mma_dkv.get_slice(tid);
-  auto thr_dq = mma_dq.get_slice(tid);
+  auto thr_sdp = mma_sdp.get_slice(mt);
+  auto thr_dkv = mma_dkv.get_slice(mt);
+  auto thr_dq = mma_dq.get_slice(mt);
 
   // S^T / dP^T operands
   Tensor tSrK = thr_sdp.make_fragment_A(thr_sdp.partition_A(sK));
@@ -458,8 +524,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
   // dV / dK operands (B: dO^T, Q^T; A from registers or P^T/dS^T in smem)
   Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt));
   Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt));
-  // dQ operands
-  Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
+  // dQ operand B
   Tensor tdQrKt = thr_dq.make_fragment_B(thr_dq.partition_B(sKt));
 
   Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
@@ -470,64 +535,21 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
 
   Tensor cS = make_identity_tensor(Shape<Int<kBlockN>, Int<kBlockM>>{});
   Tensor tScS = thr_sdp.partition_C(cS);
-  Tensor tdSsdS = thr_sdp.partition_C(sdSt);
-  Tensor tPsP = thr_sdp.partition_C(sPt);
 
   const float scale_log2 = a.scale_log2;
   const float softcap_in = a.softcap_in, softcap_out = a.softcap_out;
 
-  // Bulk path: the dQ tile written to smem.dq at the end of an iteration is reduce-added into
-  // gmem by thread 0 after the next barrier (top of the next iteration, or after the loop).
-  int64_t pend_off = -1;
-  int* pend_sem = nullptr;
-  int pend_turn = 0;
-  int pend_stage = 0;
-  // kDqInStage: the fp32 dQ tile of stage s lives in Q[s] (first half) and dO[s] (second half).
-  auto dq_stage_lo = [&](int s) { return reinterpret_cast<float*>(smem.q.data() + s * kBlockM * kHeadDim); };
-  auto dq_stage_hi = [&](int s) { return reinterpret_cast<float*>(smem.dout.data() + s * kBlockM * kHeadDim); };
-  // Deterministic mode: the semaphore of the tile last reduced, released only once its adds have
-  // landed. Thread 0 waits for that late (mid-iteration), so WG0's WGMMAs do not stall on the
-  // round trip right after the reduce is issued.
-  int* release_sem = nullptr;
-  auto release_dq = [&]() {
-    if (release_sem != nullptr) {
-      bulk_wait_all();  // the adds have landed in gmem (not only left smem) before the next turn
-      asm volatile("fence.proxy.async.global;\n" ::: "memory");
-      __threadfence();
-      atomicAdd(release_sem, 1);
-      release_sem = nullptr;
-    }
-  };
-  auto flush_dq = [&]() {
-    if (pend_off < 0) return;
-    if (p.deterministic) {
-      while (ld_acquire(pend_sem) != pend_turn) {
-      }
-    }
-    if constexpr (Traits::kDqInStage) {
-      constexpr int kHalf = kBlockM * kHeadDim / 2;  // floats; one stage of Q (or dO) in bytes / 4
-      bulk_reduce_add_f32(a.dq_accum + pend_off, dq_stage_lo(pend_stage), kHalf * sizeof(float));
-      bulk_reduce_add_f32(a.dq_accum + pend_off + kHalf, dq_stage_hi(pend_stage), kHalf * sizeof(float));
-    } else {
-      bulk_reduce_add_f32(a.dq_accum + pend_off, smem.dq, kBlockM * kHeadDim * sizeof(float));
-    }
-    if (p.deterministic) release_sem = pend_sem;
-  };
-
   for (int it = 0; it < total_iters; ++it) {
     const int stage = it & 1;
-    const int g = it / num_m;
     const int m = m_lo + it % num_m;
-    const int hq = hk * group + g;
+    // dS (and P) buffers of this iteration's parity
+    Element* ds_ptr = smem.ds.data() + stage * Traits::kDsElems;
+    Element* p_ptr = smem.p.data() + (kDkvRS ? 0 : stage * Traits::kDsElems);
+    Tensor sdS = make_tensor(make_smem_ptr(ds_ptr), typename Traits::SmemLayoutdS{});
+    Tensor sdSt = make_tensor(make_smem_ptr(ds_ptr), typename Traits::SmemLayoutdSt{});
+    Tensor sPt = make_tensor(make_smem_ptr(p_ptr), typename Traits::SmemLayoutdSt{});
+    Tensor tdSsdS = thr_sdp.partition_C(sdSt);
 
-    __syncthreads();  // iteration it-1 is done with dS, smem.dq and the other Q/dO stage
-    if (tid == 0) {
-      if constexpr (!Traits::kDqInStage) {
-        if (it + 1 < total_iters) load_q_do(it + 1, stage ^ 1);
-      }
-      flush_dq();
-    }
-    pend_off = -1;
     if (it == 0) cutlass::arch::ClusterTransactionBarrier::wait(&smem.bar_kv, 0);
     cutlass::arch::ClusterTransactionBarrier::wait(&smem.bar_q[stage], (it >> 1) & 1);
 
@@ -600,22 +622,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
         *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
       }
       if constexpr (!kDkvRS) {
+        Tensor tPsP = thr_sdp.partition_C(sPt);
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(rP) / 2; ++i) {
           *reinterpret_cast<uint32_t*>(&tPsP(2 * i)) = *reinterpret_cast<const uint32_t*>(&rP(2 * i));
         }
       }
     }
-    if (tid == 0) {
-      release_dq();          // deterministic: the previous tile's turn is over
-      bulk_wait_read_all();  // the previous dQ tile has left its staging buffer
-      if constexpr (Traits::kDqInStage) {
-        // ... which was the other stage's Q/dO: only now can the next query block load there.
-        if (it + 1 < total_iters) load_q_do(it + 1, stage ^ 1);
-      }
-    }
     cutlass::arch::fence_view_async_shared();
-    __syncthreads();
+    cutlass::arch::NamedBarrier::sync(kThreads, kBarDs);  // both warpgroups' dS (and P) are in smem
 
     if constexpr (!kOverlapSdP) {
       if constexpr (kDkvRS) {
@@ -630,6 +645,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
         wgmma_gemm<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), tdKrdK);
       }
     }
+    Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
     Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     wgmma_gemm<true>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);
     warpgroup_wait<0>();
@@ -637,48 +653,31 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) bwd_main_kernel(MainArgs<
     warpgroup_fence_operand(rP);
     warpgroup_fence_operand(rdS);
 
-    // dQ partial sums into the fp32 workspace.
-    const int64_t tile_off = ((int64_t(b) * p.heads_q + hq) * a.seq_pad + row0) * kHeadDim;
-    int* sem = a.semaphore + (int64_t(b) * p.heads_q + hq) * (a.seq_pad / 64) + m;
-    // Key blocks that see query block m form [n_lo, n_hi] (the converse of [m_lo, m_hi] above);
-    // deterministic mode adds in decreasing n.
-    int n_hi = a.n_blocks - 1;
-    if (wr >= 0) n_hi = min(n_hi, floor_div(min(Sq, row0 + kBlockM) - 1 + off + wr, kBlockN));
-    const int turn = n_hi - n_block;
-    {
-      constexpr int kVals = decltype(size(tdQrdQ))::value;
-      static_assert(kVals % 8 == 0, "float4 chunks, split evenly between the two staging halves");
+    // dQ partial sums: stage the fp32 tile in smem (fragment order) for the dQ writer.
+    constexpr int kVals = decltype(size(tdQrdQ))::value;
+    static_assert(kVals % 8 == 0, "float4 chunks, split evenly between the two staging halves");
+    if constexpr (Traits::kDqInStage) {
+      // Both warpgroups' GEMMs have finished reading this stage's Q and dO.
+      cutlass::arch::NamedBarrier::sync(kThreads, kBarQdoRead);
+    } else {
+      cutlass::arch::ClusterBarrier::arrive(&smem.bar_q_empty[stage]);  // done with Q/dO here
+      if (it > 0) cutlass::arch::ClusterBarrier::wait(&smem.bar_dq_empty, (it - 1) & 1);
+    }
+    CUTLASS_PRAGMA_UNROLL
+    for (int v4 = 0; v4 < kVals / 4; ++v4) {
+      const float4 x = make_float4(tdQrdQ(4 * v4), tdQrdQ(4 * v4 + 1), tdQrdQ(4 * v4 + 2), tdQrdQ(4 * v4 + 3));
       if constexpr (Traits::kDqInStage) {
-        __syncthreads();  // both WGs' dK/dV GEMMs have finished reading this stage's Q and dO
+        constexpr int kHalfV4 = kVals / 8;  // v4 < kHalfV4 lands in the first half of the tile
+        float* dst = v4 < kHalfV4 ? dq_stage_lo(stage) : dq_stage_hi(stage);
+        *reinterpret_cast<float4*>(&dst[((v4 % kHalfV4) * kThreads + mt) * 4]) = x;
+      } else {
+        *reinterpret_cast<float4*>(&smem.dq[(v4 * kThreads + mt) * 4]) = x;
       }
-      CUTLASS_PRAGMA_UNROLL
-      for (int v4 = 0; v4 < kVals / 4; ++v4) {
-        const float4 x = make_float4(tdQrdQ(4 * v4), tdQrdQ(4 * v4 + 1), tdQrdQ(4 * v4 + 2), tdQrdQ(4 * v4 + 3));
-        if constexpr (Traits::kDqInStage) {
-          constexpr int kHalfV4 = kVals / 8;  // v4 < kHalfV4 lands in the first half of the tile
-          float* dst = v4 < kHalfV4 ? dq_stage_lo(stage) : dq_stage_hi(stage);
-          *reinterpret_cast<float4*>(&dst[((v4 % kHalfV4) * kThreads + tid) * 4]) = x;
-        } else {
-          *reinterpret_cast<float4*>(&smem.dq[(v4 * kThreads + tid) * 4]) = x;
-        }
-      }
-      cutlass::arch::fence_view_async_shared();  // generic smem writes -> bulk copy (async proxy)
-      pend_off = tile_off;
-      pend_sem = sem;
-      pend_turn = turn;
-      pend_stage = stage;
     }
-  }
-  {
-    __syncthreads();
-    if (tid == 0) {
-      flush_dq();
-      release_dq();
-      bulk_wait_all();  // smem must outlive the bulk read; also flushes before the convert kernel
-    }
+    cutlass::arch::fence_view_async_shared();  // generic smem writes -> bulk copy (async proxy)
+    cutlass::arch::ClusterBarrier::arrive(&smem.bar_dq_full[Traits::kDqInStage ? stage : 0]);
   }
 
-  if (total_iters == 0) cutlass::arch::ClusterTransactionBarrier::wait(&smem.bar_kv, 0);
 
   // Epilogue: dK (scaled) and dV straight from the accumulators.
   Tensor cKV = make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{});
@@ -760,7 +759,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
                           make_tma_copy(SM90_TMA_LOAD{}, gview(p.v, p.seqlen_k, p.head_dim_v, p.heads_k, p.v_row_stride, p.v_head_stride, p.v_batch_stride),
                                         typename Traits::SmemLayoutK{}, Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{}, _1{})};
       dim3 grid(a.n_blocks, p.heads_k, p.batch);
-      kernel<<<grid, Traits::kThreads, smem, stream>>>(ma);
+      kernel<<<grid, Traits::kThreadsTotal, smem, stream>>>(ma);
       return cudaGetLastError();
     };
     if (cap > 0.f) {
