@@ -80,10 +80,9 @@ bool fwd_sm90_supported(const FwdParams& p) {
   return with_instantiation(p, [](auto, auto) {});
 }
 
-// Causal/local launches use a zeroed int tile counter (the dynamic longest-first scheduler).
-size_t fwd_sm90_workspace_bytes(const FwdParams& p) {
-  return (p.mask.window_left >= 0 || p.mask.window_right >= 0) ? 16 : 0;
-}
+// Every launch uses a zeroed int tile counter: the dynamic scheduler (longest-first for
+// causal/local, index order otherwise; see fill_fwd_params).
+size_t fwd_sm90_workspace_bytes(const FwdParams&) { return 16; }
 
 cudaError_t run_fwd_sm90(const FwdParams& p, cudaStream_t stream) {
   if (!fwd_sm90_supported(p)) return cudaErrorNotSupported;

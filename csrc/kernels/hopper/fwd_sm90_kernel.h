@@ -15,9 +15,10 @@
 //              after the tile's last QK^T) and the next Q waits for the store to read it.
 // Blocks are walked right to left so the masked blocks (seqlen_k tail, causal diagonal) come first;
 // only blocks a mask limit cuts through pay for the elementwise mask.
-// The grid is persistent (one CTA per SM); tiles are visited head-major. Non-causal: static
-// round-robin. Causal/local: m-blocks longest-first, handed out through an atomic counter in the
-// workspace (the producer fetches, consumers read the index from a 2-slot smem ring).
+// The grid is persistent (one CTA per SM); tiles are visited head-major and handed out through an
+// atomic counter in the workspace (the producer fetches, consumers read the index from a 2-slot
+// smem ring): causal/local m-blocks longest-first, the rest in index order. Without a workspace
+// (the harness can ask for that) the schedule is static round-robin.
 // head_dim < kHeadDim (any multiple of 8) runs in the next native kernel: TMA zero-fills the
 // missing columns of Q/K/V and clips them from the O store.
 #pragma once
@@ -760,9 +761,12 @@ cudaError_t fill_fwd_params(FwdParamsBase<OutElement>& p, const FwdParams& fp, c
   // Rotated block order measured no better than plain right-to-left on H100 (RESULTS.md v2), so
   // it stays off; kept as a switch for the next tuning round.
   p.rotate_blocks = false;
-  // Uneven rows (causal/local): tiles are handed out longest-first through a global counter.
+  // Tiles are handed out through a global counter whenever there is a workspace for it: uneven
+  // rows (causal/local) longest-first; even rows in index order, so that a CTA which starts late
+  // (its SM held by a concurrent kernel, e.g. the collective of a ring hop or a data-parallel
+  // all-reduce) takes fewer tiles instead of delaying the whole launch by its fixed share.
   p.tile_counter = nullptr;
-  if (p.longest_first && fp.workspace != nullptr && fp.workspace_bytes >= sizeof(int)) {
+  if (fp.workspace != nullptr && fp.workspace_bytes >= sizeof(int)) {
     p.tile_counter = static_cast<int*>(fp.workspace);
     cudaError_t err = cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream);
     if (err != cudaSuccess) return err;
