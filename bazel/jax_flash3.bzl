@@ -6,7 +6,7 @@ The flags, definitions and selection rules below are CMakeLists.txt's; keep the 
 Pruning, as CMake's cache options (lists take ';' or ','):
   --define=jax_flash3_head_dims=128      JAX_FLASH3_HEAD_DIMS   (default 64;96;128;192;256)
   --define=jax_flash3_dtypes=bf16        JAX_FLASH3_DTYPES      (default bf16;fp16)
-  --define=jax_flash3_bwd_head_dims=...  JAX_FLASH3_BWD_HEAD_DIMS (default 128)
+  --define=jax_flash3_bwd_head_dims=...  JAX_FLASH3_BWD_HEAD_DIMS (default 64;128;256)
   --define=jax_flash3_bwd_dtypes=...     JAX_FLASH3_BWD_DTYPES  (default bf16)
   --define=jax_flash3_fp8_head_dims=...  JAX_FLASH3_FP8_HEAD_DIMS (default 64;128;256; "" = none)
   --define=jax_flash3_backward=OFF       JAX_FLASH3_BACKWARD    (default ON)
@@ -29,7 +29,7 @@ load(
 # CMakeLists.txt: set(JAX_FLASH3_HEAD_DIMS ...) and set(JAX_FLASH3_DTYPES ...)
 DEFAULT_HEAD_DIMS = ["64", "96", "128", "192", "256"]
 DEFAULT_DTYPES = ["bf16", "fp16"]
-DEFAULT_BWD_HEAD_DIMS = ["128"]
+DEFAULT_BWD_HEAD_DIMS = ["64", "128", "256"]
 DEFAULT_BWD_DTYPES = ["bf16"]
 DEFAULT_FP8_HEAD_DIMS = ["64", "128", "256"]
 
