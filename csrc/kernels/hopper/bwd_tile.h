@@ -27,8 +27,8 @@ inline int padded_head_dim(int d) {
 //     hdim 128:  64 x 128 -> S,dP 32+32, dK,dV 64+64, dQ 32  = 224
 //   hdim 192/256: 64 x 64 with P and dS through shared memory; the WGs split dK/dV/dQ along D:
 //     hdim 256: S,dP 16+16, dK,dV 64+64, dQ 64 = 224 regs; smem Q,dO 2 stages = 128 KB, K,V 64 KB,
-//     P,dS 16 KB -> 208 KB (< 227 KB): no room for a 64 KB fp32 dQ tile, so it is staged in the
-//     consumed stage's Q/dO buffers (bwd_kernel.h, kDqInStage).
+//     P,dS double-buffered 32 KB -> 224 KB (< 227 KB): no room for an fp32 dQ tile, so (at hdim
+//     192 too) it is staged in the consumed stage's Q/dO buffers (bwd_kernel.h, kDqInStage).
 constexpr int block_m(int hd) { return hd == 64 ? 128 : 64; }
 constexpr int block_n(int hd) { return hd <= 128 ? 128 : 64; }
 
