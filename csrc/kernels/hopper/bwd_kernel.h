@@ -12,8 +12,11 @@
 //   dK  += dS^T Q     (RS likewise)
 //   dQ   = dS K       (SS: dS goes through shared memory, it spans both warpgroups' keys)
 // and meet once per query block, at the named barrier that publishes dS (double-buffered).
-// For hdim 96/128 without softcap the elementwise passes overlap the GEMMs: P^T is computed while
-// dP^T runs, dV is issued before dS^T is computed, and dK before the barrier that dQ needs.
+// With P^T/dS^T in registers (hdim <= 128) dV is issued before that barrier, then dQ before dK,
+// and the dQ tile is staged in smem while dK runs. For hdim 96/128 without softcap the
+// elementwise passes also overlap the GEMMs: P^T is computed while dP^T runs, and dV is issued
+// before dS^T is computed. The elementwise passes exist masked and unmasked; only query blocks
+// that a mask limit (sequence end, causal diagonal, window edge) cuts through run the masked one.
 // dQ is summed in fp32 in a zeroed workspace: the MMA warpgroups stage each dQ tile in smem
 // (fragment order; hdim 192/256 in the Q/dO buffers of the stage just consumed) and the dQ writer
 // issues a bulk reduce-add (cp.reduce.async.bulk .add.f32). With `deterministic` the writer adds a
@@ -84,6 +87,9 @@ struct BwdTraits {
   // registers; softcap keeps the single pass, its tanh' would need another fragment). Not at
   // kBlockM = 128 (hdim 64): the extra live fp32 P spills there and measured 2% slower.
   static constexpr bool kOverlapSdP = kDkvRS && !kSoftcap && kBlockM == 64;
+  // dK/dV from registers: dV is issued before the dS barrier, then dQ before dK, so the dQ tile
+  // is staged in smem while dK runs on the tensor cores.
+  static constexpr bool kDqFirst = kDkvRS;
 
   using BM = Int<kBlockM>;
   using BN = Int<kBlockN>;
@@ -571,18 +577,46 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
     };
     Tensor rP = make_tensor_like<Element>(tSrS);
     Tensor rdS = make_tensor_like<Element>(tdPrdP);
+    // Stages this iteration's fp32 dQ tile in smem (fragment order) and hands it to the dQ writer.
+    auto stage_dq = [&](auto& tdQrdQ) {
+      constexpr int kVals = decltype(size(tdQrdQ))::value;
+      static_assert(kVals % 8 == 0, "float4 chunks, split evenly between the two staging halves");
+      if constexpr (!Traits::kDqInStage) {
+        // The writer has read smem.dq for the previous tile.
+        if (it > 0) cutlass::arch::ClusterBarrier::wait(&smem.bar_dq_empty, (it - 1) & 1);
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int v4 = 0; v4 < kVals / 4; ++v4) {
+        const float4 x = make_float4(tdQrdQ(4 * v4), tdQrdQ(4 * v4 + 1), tdQrdQ(4 * v4 + 2), tdQrdQ(4 * v4 + 3));
+        if constexpr (Traits::kDqInStage) {
+          constexpr int kHalfV4 = kVals / 8;  // v4 < kHalfV4 lands in the first half of the tile
+          float* dst = v4 < kHalfV4 ? dq_stage_lo(stage) : dq_stage_hi(stage);
+          *reinterpret_cast<float4*>(&dst[((v4 % kHalfV4) * kThreads + mt) * 4]) = x;
+        } else {
+          *reinterpret_cast<float4*>(&smem.dq[(v4 * kThreads + mt) * 4]) = x;
+        }
+      }
+      cutlass::arch::fence_view_async_shared();  // generic smem writes -> bulk copy (async proxy)
+      cutlass::arch::ClusterBarrier::arrive(&smem.bar_dq_full[Traits::kDqInStage ? stage : 0]);
+    };
+    // Blocks that no mask limit cuts through (most of them) skip the elementwise mask: every
+    // elementwise pass below is instantiated twice, masked and unmasked, behind one branch.
     if constexpr (kOverlapSdP) {
       // Overlapped order (dK/dV from registers, no softcap): P while dP^T is still on the tensor
-      // cores, then dV += P^T dO issued before dS^T is computed, and dK += dS^T Q before the
-      // barrier that dQ needs. S^T's registers keep P in fp32 for dS.
+      // cores, then dV += P^T dO issued before dS^T is computed. S^T's registers keep P in fp32
+      // for dS.
       warpgroup_wait<1>();
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) {
-        float pval = exp2f(tSrS(i) * scale_log2 - s_lse[get<1>(tScS(i))]);
-        if (!full_block) pval = visible(i) ? pval : 0.f;
-        tSrS(i) = pval;
-        rP(i) = Element(pval);
-      }
+      auto p_pass = [&](auto masked) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) {
+          float pval = exp2f(tSrS(i) * scale_log2 - s_lse[get<1>(tScS(i))]);
+          if constexpr (decltype(masked)::value) pval = visible(i) ? pval : 0.f;
+          tSrS(i) = pval;
+          rP(i) = Element(pval);
+        }
+      };
+      if (full_block) p_pass(cute::false_type{});
+      else p_pass(cute::true_type{});
       Tensor tdVrP = make_tensor(rP.data(), acc_to_a_layout(rP.layout()));
       wgmma_gemm<false, true>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
       warpgroup_wait<1>();  // dP^T has landed; dV may still run
@@ -590,38 +624,35 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
       for (int i = 0; i < size(tSrS); ++i) {
         rdS(i) = Element(tSrS(i) * (tdPrdP(i) - s_dpsum[get<1>(tScS(i))]));
       }
-      // Pairs of accumulator values are adjacent queries: adjacent in the query-contiguous dS.
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(rdS) / 2; ++i) {
-        *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
-      }
-      Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
-      wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
     } else {
       warpgroup_wait<0>();
       // One pass: each fp32 S/dP value dies as soon as its 16-bit P/dS exists (register pressure).
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tSrS); ++i) {
-        const int il = get<1>(tScS(i));
-        float pval, dtanh = 1.f;
-        if constexpr (Traits::kSoftcap) {
-          const float t = tanh_approx(tSrS(i) * softcap_in);
-          pval = exp2f(t * softcap_out - s_lse[il]);
-          dtanh = 1.f - t * t;
-        } else {
-          pval = exp2f(tSrS(i) * scale_log2 - s_lse[il]);
+      auto pds_pass = [&](auto masked) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) {
+          const int il = get<1>(tScS(i));
+          float pval, dtanh = 1.f;
+          if constexpr (Traits::kSoftcap) {
+            const float t = tanh_approx(tSrS(i) * softcap_in);
+            pval = exp2f(t * softcap_out - s_lse[il]);
+            dtanh = 1.f - t * t;
+          } else {
+            pval = exp2f(tSrS(i) * scale_log2 - s_lse[il]);
+          }
+          if constexpr (decltype(masked)::value) pval = visible(i) ? pval : 0.f;
+          float ds = pval * (tdPrdP(i) - s_dpsum[il]);
+          if constexpr (Traits::kSoftcap) ds *= dtanh;
+          rP(i) = Element(pval);
+          rdS(i) = Element(ds);
         }
-        if (!full_block) pval = visible(i) ? pval : 0.f;
-        float ds = pval * (tdPrdP(i) - s_dpsum[il]);
-        if constexpr (Traits::kSoftcap) ds *= dtanh;
-        rP(i) = Element(pval);
-        rdS(i) = Element(ds);
-      }
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(rdS) / 2; ++i) {
-        *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
-      }
-      if constexpr (!kDkvRS) {
+      };
+      if (full_block) pds_pass(cute::false_type{});
+      else pds_pass(cute::true_type{});
+      if constexpr (kDkvRS) {
+        // dV += P^T dO needs only this warpgroup's P^T: it runs while dS is stored and published.
+        Tensor tdVrP = make_tensor(rP.data(), acc_to_a_layout(rP.layout()));
+        wgmma_gemm<false, true>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
+      } else {
         Tensor tPsP = thr_sdp.partition_C(sPt);
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(rP) / 2; ++i) {
@@ -629,53 +660,51 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
         }
       }
     }
+    // Pairs of accumulator values are adjacent queries: adjacent in the query-contiguous dS.
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(rdS) / 2; ++i) {
+      *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
+    }
+    if constexpr (kDkvRS && !Traits::kDqFirst) {
+      // dK += dS^T Q runs under the barrier that dQ needs.
+      Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
+      wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
+    }
     cutlass::arch::fence_view_async_shared();
     cutlass::arch::NamedBarrier::sync(kThreads, kBarDs);  // both warpgroups' dS (and P) are in smem
 
-    if constexpr (!kOverlapSdP) {
-      if constexpr (kDkvRS) {
-        Tensor tdVrP = make_tensor(rP.data(), acc_to_a_layout(rP.layout()));
-        Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
-        wgmma_gemm<false, true>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
-        wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
-      } else {
-        Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt));
-        Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));
-        wgmma_gemm<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), tdVrdV);
-        wgmma_gemm<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), tdKrdK);
-      }
+    if constexpr (!kDkvRS) {
+      Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt));
+      Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));
+      wgmma_gemm<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), tdVrdV);
+      wgmma_gemm<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), tdKrdK);
     }
     Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
     Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     wgmma_gemm<true>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);
-    warpgroup_wait<0>();
-    // The RS GEMMs read rP / rdS until this wait: keep their registers live up to here.
-    warpgroup_fence_operand(rP);
-    warpgroup_fence_operand(rdS);
-
-    // dQ partial sums: stage the fp32 tile in smem (fragment order) for the dQ writer.
-    constexpr int kVals = decltype(size(tdQrdQ))::value;
-    static_assert(kVals % 8 == 0, "float4 chunks, split evenly between the two staging halves");
-    if constexpr (Traits::kDqInStage) {
-      // Both warpgroups' GEMMs have finished reading this stage's Q and dO.
-      cutlass::arch::NamedBarrier::sync(kThreads, kBarQdoRead);
-    } else {
+    if constexpr (Traits::kDqFirst) {
+      // dK += dS^T Q goes behind dQ; the dQ tile is staged while it runs.
+      Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
+      wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
+      warpgroup_wait<1>();
+      stage_dq(tdQrdQ);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(rP);
+      warpgroup_fence_operand(rdS);
       cutlass::arch::ClusterBarrier::arrive(&smem.bar_q_empty[stage]);  // done with Q/dO here
-      if (it > 0) cutlass::arch::ClusterBarrier::wait(&smem.bar_dq_empty, (it - 1) & 1);
-    }
-    CUTLASS_PRAGMA_UNROLL
-    for (int v4 = 0; v4 < kVals / 4; ++v4) {
-      const float4 x = make_float4(tdQrdQ(4 * v4), tdQrdQ(4 * v4 + 1), tdQrdQ(4 * v4 + 2), tdQrdQ(4 * v4 + 3));
+    } else {
+      warpgroup_wait<0>();
+      // The RS GEMMs read rP / rdS until this wait: keep their registers live up to here.
+      warpgroup_fence_operand(rP);
+      warpgroup_fence_operand(rdS);
       if constexpr (Traits::kDqInStage) {
-        constexpr int kHalfV4 = kVals / 8;  // v4 < kHalfV4 lands in the first half of the tile
-        float* dst = v4 < kHalfV4 ? dq_stage_lo(stage) : dq_stage_hi(stage);
-        *reinterpret_cast<float4*>(&dst[((v4 % kHalfV4) * kThreads + mt) * 4]) = x;
+        // Both warpgroups' GEMMs have finished reading this stage's Q and dO.
+        cutlass::arch::NamedBarrier::sync(kThreads, kBarQdoRead);
       } else {
-        *reinterpret_cast<float4*>(&smem.dq[(v4 * kThreads + mt) * 4]) = x;
+        cutlass::arch::ClusterBarrier::arrive(&smem.bar_q_empty[stage]);  // done with Q/dO here
       }
+      stage_dq(tdQrdQ);
     }
-    cutlass::arch::fence_view_async_shared();  // generic smem writes -> bulk copy (async proxy)
-    cutlass::arch::ClusterBarrier::arrive(&smem.bar_dq_full[Traits::kDqInStage ? stage : 0]);
   }
 
 
