@@ -221,8 +221,12 @@ def _descale(name: str, x, allowed: dict[tuple, str]):
         )
     if not isinstance(x, jax.core.Tracer):
         values = np.asarray(x, np.float64)
-        if not np.all(np.isfinite(values)) or not np.all(values > 0):
-            raise ValueError(f"{name} must be finite and > 0 everywhere, got min {values.min()!r}")
+        bad = values[~(np.isfinite(values) & (values > 0))]
+        if bad.size:
+            raise ValueError(
+                f"{name} must be finite and > 0 everywhere; got {float(bad.flat[0])} "
+                f"({bad.size} of {values.size} entries are not)"
+            )
     return jnp.asarray(x, _F32)
 
 
