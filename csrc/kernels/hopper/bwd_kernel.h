@@ -87,9 +87,6 @@ struct BwdTraits {
   // registers; softcap keeps the single pass, its tanh' would need another fragment). Not at
   // kBlockM = 128 (hdim 64): the extra live fp32 P spills there and measured 2% slower.
   static constexpr bool kOverlapSdP = kDkvRS && !kSoftcap && kBlockM == 64;
-  // dK/dV from registers: dV is issued before the dS barrier, then dQ before dK, so the dQ tile
-  // is staged in smem while dK runs on the tensor cores.
-  static constexpr bool kDqFirst = kDkvRS;
 
   using BM = Int<kBlockM>;
   using BN = Int<kBlockN>;
@@ -665,11 +662,6 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
     for (int i = 0; i < size(rdS) / 2; ++i) {
       *reinterpret_cast<uint32_t*>(&tdSsdS(2 * i)) = *reinterpret_cast<const uint32_t*>(&rdS(2 * i));
     }
-    if constexpr (kDkvRS && !Traits::kDqFirst) {
-      // dK += dS^T Q runs under the barrier that dQ needs.
-      Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
-      wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
-    }
     cutlass::arch::fence_view_async_shared();
     cutlass::arch::NamedBarrier::sync(kThreads, kBarDs);  // both warpgroups' dS (and P) are in smem
 
@@ -682,8 +674,9 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
     Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
     Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     wgmma_gemm<true>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);
-    if constexpr (Traits::kDqFirst) {
-      // dK += dS^T Q goes behind dQ; the dQ tile is staged while it runs.
+    if constexpr (kDkvRS) {
+      // dK += dS^T Q goes behind dQ (dV was issued before the barrier); the dQ tile is staged
+      // while dK runs.
       Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_layout(rdS.layout()));
       wgmma_gemm<false, true>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
       warpgroup_wait<1>();
