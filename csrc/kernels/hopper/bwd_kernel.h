@@ -596,8 +596,9 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
       cutlass::arch::fence_view_async_shared();  // generic smem writes -> bulk copy (async proxy)
       cutlass::arch::ClusterBarrier::arrive(&smem.bar_dq_full[Traits::kDqInStage ? stage : 0]);
     };
-    // Blocks that no mask limit cuts through (most of them) skip the elementwise mask: every
-    // elementwise pass below is instantiated twice, masked and unmasked, behind one branch.
+    // Blocks that no mask limit cuts through (most of them) skip the elementwise mask: the pass
+    // that computes P is instantiated twice, masked and unmasked, behind one branch (dS needs no
+    // mask of its own: it is P times a finite value).
     if constexpr (kOverlapSdP) {
       // Overlapped order (dK/dV from registers, no softcap): P while dP^T is still on the tensor
       // cores, then dV += P^T dO issued before dS^T is computed. S^T's registers keep P in fp32
