@@ -8,6 +8,11 @@ function runs under jit as 10 back-to-back calls; the median of 5 such repeats i
     python3 benchmarks/bench_attention.py --out results.json
     python3 benchmarks/bench_attention.py --hdims 128 --seqs 4096 16384 --causal 0
     python3 benchmarks/bench_attention.py --fp8 --no-bwd    # + the FP8 forward (issue 7)
+    python3 benchmarks/bench_attention.py --fa3jax          # + flash-attn3-jax in the same process
+
+With ``--fa3jax`` the peer ``flash_attn3_jax.flash_mha`` (wheel from
+../shared/tools/peer_wheels.sh; hdim <= 128) is timed beside cuDNN on the same inputs, so the
+"best JAX peer" comparison needs no figures from another machine.
 
 With ``--fp8`` two forward-only columns join (same FLOP formula): ``fp8`` runs float8_e4m3fn
 inputs quantized beforehand (per-128-row block scales for q/k, per-head for v: the kernel alone),
@@ -103,6 +108,8 @@ def main(argv=None):
     ap.add_argument("--no-bwd", action="store_true")
     ap.add_argument("--no-cudnn", action="store_true")
     ap.add_argument("--implementation", default="cuda")
+    ap.add_argument("--fa3jax", action="store_true",
+                    help="also time flash_attn3_jax.flash_mha (hdim <= 128) in the same process")
     ap.add_argument("--fp8", action="store_true", help="also time the FP8 forward (fp8, fp8q)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
@@ -111,9 +118,14 @@ def main(argv=None):
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({dev.platform}); jax {jax.__version__}; "
           f"jax_flash3 CUDA: {jax_flash3.cuda_unavailable_reason() or 'available'}", flush=True)
+    fa3 = None
+    if args.fa3jax:
+        import flash_attn3_jax as fa3  # noqa: F811  (peer wheel, GPU machine only)
     rows = []
     key = jax.random.PRNGKey(0)
     hdr = f"{'hdim':>4} {'seq':>6} {'c':>1} | {'jf3 fwd':>8} {'cudnn fwd':>9} | {'jf3 bwd':>8} {'cudnn bwd':>9}"
+    if args.fa3jax:
+        hdr += f" | {'fa3 fwd':>8} {'fa3 bwd':>8}"
     print(hdr, flush=True)
     for d in args.hdims:
         for s in args.seqs:
@@ -131,6 +143,9 @@ def main(argv=None):
                     peer = lambda q, k, v, c=bool(causal): jax.nn.dot_product_attention(
                         q, k, v, is_causal=c, implementation="cudnn")
                     row.update(bench_one("cudnn", peer, q, k, v, do, fl, not args.no_bwd))
+                if fa3 is not None and d <= 128:
+                    peer3 = lambda q, k, v, c=bool(causal): fa3.flash_mha(q, k, v, is_causal=c)
+                    row.update(bench_one("fa3jax", peer3, q, k, v, do, fl, not args.no_bwd))
                 if args.fp8:
                     row.update(bench_fp8(q, k, v, fl, bool(causal), args.implementation))
                 rows.append(row)
@@ -138,8 +153,10 @@ def main(argv=None):
                 fp8_cols = (f" | fp8 {f('fp8_fwd_tflops')} fp8q {f('fp8q_fwd_tflops')} "
                             f"({row.get('fp8_fwd_tflops', 0) / row.get('jf3_fwd_tflops', float('inf')):.2f}x bf16)"
                             if args.fp8 else "")
+                fa3_cols = (f" | {f('fa3jax_fwd_tflops')} {f('fa3jax_bwd_tflops')}"
+                            if fa3 is not None else "")
                 print(f"{d:>4} {s:>6} {causal:>1} | {f('jf3_fwd_tflops')} {f('cudnn_fwd_tflops'):>9} | "
-                      f"{f('jf3_bwd_tflops')} {f('cudnn_bwd_tflops'):>9}{fp8_cols}", flush=True)
+                      f"{f('jf3_bwd_tflops')} {f('cudnn_bwd_tflops'):>9}{fa3_cols}{fp8_cols}", flush=True)
                 for kk in row:
                     if kk.endswith("_error"):
                         print(f"    {kk}: {row[kk]}", flush=True)

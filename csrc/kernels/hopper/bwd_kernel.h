@@ -57,11 +57,11 @@ constexpr auto smem_atom_mn_major() {
   else return GMMA::Layout_MN_SW32_Atom<Element>{};
 }
 
-template <class Element_, int kHeadDim_, bool kSoftcap_>
+template <class Element_, int kHeadDim_, bool kSoftcap_, int kBlockM_ = block_m(kHeadDim_)>
 struct BwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = block_m(kHeadDim);
+  static constexpr int kBlockM = kBlockM_;
   static constexpr int kBlockN = block_n(kHeadDim);
   // Warpgroup 0 is the producer (warp 0: TMA loads; warp 1: dQ bulk reduce-adds), warpgroups 1
   // and 2 run the MMAs. kThreads (the MMA threads) fixes the dQ fragment order.
@@ -74,8 +74,11 @@ struct BwdTraits {
   static constexpr bool kSoftcap = kSoftcap_;
   // dK/dV GEMMs take P^T/dS^T from registers when each WG owns whole key rows of S^T.
   static constexpr bool kDkvRS = kHeadDim <= 128;
-  // dQ: split the query rows between the WGs when there are 128 of them, else split D.
+  // dQ: split the query rows between the WGs when there are 128 of them, else split D. A query
+  // block that is not a multiple of 64 rows (80) computes dQ^T = K^T dS^T (M = D, N = kBlockM).
   static constexpr bool kDqSplitM = kBlockM >= 128;
+  static constexpr bool kDqSwapAB = kBlockM % 64 != 0;
+  static_assert(!kDqSwapAB || (kDkvRS && !kDqSplitM && kHeadDim == 128), "80-row blocks: hdim 128 only");
   // dQ partial sums leave through a shared-memory tile and a bulk reduce-add
   // (cp.reduce.async.bulk .add.f32, done by the TMA unit) instead of per-thread atomics. The tile
   // is kept in thread-fragment order (conflict-free 16-byte stores); the convert kernel undoes it.
@@ -108,11 +111,17 @@ struct BwdTraits {
                                                    GMMA::Major::MN>(),
                               Layout<Shape<_1, _2, _1>>{}))>;
 
-  using DqTile = std::conditional_t<kDqSplitM, Shape<_64, HD, BN>, Shape<_64, Int<kHeadDim / 2>, BN>>;
-  using DqAtomLayout = std::conditional_t<kDqSplitM, Layout<Shape<_2, _1, _1>>, Layout<Shape<_1, _2, _1>>>;
+  using DqTile = std::conditional_t<
+      kDqSwapAB, Shape<_64, BM, BN>,
+      std::conditional_t<kDqSplitM, Shape<_64, HD, BN>, Shape<_64, Int<kHeadDim / 2>, BN>>>;
+  using DqAtomLayout =
+      std::conditional_t<kDqSplitM || kDqSwapAB, Layout<Shape<_2, _1, _1>>, Layout<Shape<_1, _2, _1>>>;
+  // A = dS (query-contiguous, MN-major), B = K^T; swapped: A = K^T (D-contiguous), B = dS^T.
   using TiledMmaDq = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, DqTile, GMMA::Major::MN, GMMA::Major::MN>(),
       DqAtomLayout{}));
+  // The dQ accumulator tile: (kBlockM, hd), or (hd, kBlockM) when swapped.
+  using DqAccShape = std::conditional_t<kDqSwapAB, Shape<HD, BM>, Shape<BM, HD>>;
 
   // The swizzle atom of the hd-contiguous tiles must also tile the hd/2 columns a WG takes when
   // a GEMM splits hd between the WGs (dQ for hdim != 64; dK/dV for hdim 192/256): 96 -> 48
@@ -308,7 +317,7 @@ __global__ void __launch_bounds__(Traits::kThreads) bwd_convert_dq_frag_kernel(B
   const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
   typename Traits::TiledMmaDq mma_dq;
   auto thr_dq = mma_dq.get_slice(tid);
-  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(typename Traits::DqAccShape{}));
   constexpr int kVals = decltype(size(tdQcdQ))::value;
   static_assert(kVals % 4 == 0, "float4 chunks");
   const float* tile = a.dq_accum + ((int64_t(b) * p.heads_q + h) * a.seq_pad + int64_t(m) * kBlockM) * kHeadDim;
@@ -318,6 +327,16 @@ __global__ void __launch_bounds__(Traits::kThreads) bwd_convert_dq_frag_kernel(B
   for (int v4 = 0; v4 < kVals / 4; ++v4) {
     const float4 x = *reinterpret_cast<const float4*>(tile + (int64_t(v4) * kThreads + tid) * 4);
     const float xs[4] = {x.x, x.y, x.z, x.w};
+    if constexpr (Traits::kDqSwapAB) {
+      // (d, query) coordinates; adjacent values are adjacent queries, so one element at a time.
+      CUTLASS_PRAGMA_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int row = m * kBlockM + get<1>(tdQcdQ(v4 * 4 + e));
+        const int col = get<0>(tdQcdQ(v4 * 4 + e));
+        if (row < p.seqlen_q && col < p.head_dim) dq[int64_t(row) * p.q_row_stride + col] = Element(xs[e] * scale);
+      }
+      continue;
+    }
     CUTLASS_PRAGMA_UNROLL
     for (int e = 0; e < 4; e += 2) {
       const int row = m * kBlockM + get<0>(tdQcdQ(v4 * 4 + e));
@@ -527,8 +546,12 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
   // dV / dK operands (B: dO^T, Q^T; A from registers or P^T/dS^T in smem)
   Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt));
   Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt));
-  // dQ operand B
-  Tensor tdQrKt = thr_dq.make_fragment_B(thr_dq.partition_B(sKt));
+  // dQ operand: K^T (B, or A when swapped)
+  auto make_dq_k = [&] {
+    if constexpr (Traits::kDqSwapAB) return thr_dq.make_fragment_A(thr_dq.partition_A(sKt));
+    else return thr_dq.make_fragment_B(thr_dq.partition_B(sKt));
+  };
+  Tensor tdQrKt = make_dq_k();
 
   Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
   Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
@@ -672,9 +695,14 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
       wgmma_gemm<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), tdVrdV);
       wgmma_gemm<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), tdKrdK);
     }
-    Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
-    Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-    wgmma_gemm<true>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);
+    Tensor tdQrdQ = partition_fragment_C(mma_dq, typename Traits::DqAccShape{});
+    if constexpr (Traits::kDqSwapAB) {
+      Tensor tdQrdSt = thr_dq.make_fragment_B(thr_dq.partition_B(sdS));
+      wgmma_gemm<true>(mma_dq, tdQrKt, tdQrdSt, tdQrdQ);
+    } else {
+      Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
+      wgmma_gemm<true>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);
+    }
     if constexpr (kDkvRS) {
       // dK += dS^T Q goes behind dQ (dV was issued before the barrier); the dQ tile is staged
       // while dK runs.
@@ -733,9 +761,9 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
 // Host launch for one (dtype, head dim)
 // ---------------------------------------------------------------------------------------------
 
-template <class Element, int kHeadDim>
-cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
-  const WorkspaceLayout ws(p.batch, p.heads_q, p.seqlen_q, kHeadDim);
+template <class Element, int kHeadDim, int kBlockM>
+cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
+  const WorkspaceLayout ws(p.batch, p.heads_q, p.seqlen_q, kHeadDim, kBlockM);
   char* base = static_cast<char*>(p.workspace);
   BwdArgs a;
   a.p = p;
@@ -744,7 +772,7 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
   a.dpsum = reinterpret_cast<float*>(base + ws.dpsum);
   a.semaphore = reinterpret_cast<int*>(base + ws.semaphore);
   a.seq_pad = ws.seq_pad;
-  constexpr int kBlockM = block_m(kHeadDim), kBlockN = block_n(kHeadDim);
+  constexpr int kBlockN = block_n(kHeadDim);
   a.n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
   a.m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   const float cap = p.mask.softcap;
@@ -785,17 +813,31 @@ cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
       kernel<<<grid, Traits::kThreadsTotal, smem, stream>>>(ma);
       return cudaGetLastError();
     };
-    if (cap > 0.f) {
-      err = launch_main(BwdTraits<Element, kHeadDim, true>{});
+    if constexpr (kBlockM == block_m(kHeadDim)) {
+      if (cap > 0.f) {
+        err = launch_main(BwdTraits<Element, kHeadDim, true>{});
+      } else {
+        err = launch_main(BwdTraits<Element, kHeadDim, false>{});
+      }
     } else {
-      err = launch_main(BwdTraits<Element, kHeadDim, false>{});
+      err = launch_main(BwdTraits<Element, kHeadDim, false, kBlockM>{});  // plain masks only
     }
     if (err != cudaSuccess) return err;
   }
-  using ConvTraits = BwdTraits<Element, kHeadDim, false>;
+  using ConvTraits = BwdTraits<Element, kHeadDim, false, kBlockM>;
   dim3 grid(a.m_blocks, p.heads_q, p.batch);
   bwd_convert_dq_frag_kernel<ConvTraits><<<grid, ConvTraits::kThreads, 0, stream>>>(a);
   return cudaGetLastError();
+}
+
+template <class Element, int kHeadDim>
+cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
+  constexpr int kPlainBlockM = block_m_for(kHeadDim, true);
+  if constexpr (kPlainBlockM != block_m(kHeadDim)) {
+    if (plain_mask(p.mask.window_left, p.mask.window_right, p.mask.softcap))
+      return launch_bwd_tile<Element, kHeadDim, kPlainBlockM>(p, stream);
+  }
+  return launch_bwd_tile<Element, kHeadDim, block_m(kHeadDim)>(p, stream);
 }
 
 }  // namespace bwd_sm90

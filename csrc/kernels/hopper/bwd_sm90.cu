@@ -1,5 +1,7 @@
 // jax_flash3 Hopper backward: support check, workspace size and dispatch to the compiled
 // (dtype, head dim) instantiations. The kernels live in bwd_kernel.h.
+#include <algorithm>
+
 #include "../kernels.h"
 #include "bwd_api.h"
 #include "bwd_tile.h"
@@ -76,7 +78,14 @@ bool bwd_sm90_supported(const BwdParams& p) {
 size_t bwd_sm90_workspace_bytes(const BwdParams& p) {
   const int hd = bwd_sm90::padded_head_dim(p.head_dim);
   if (hd < 0) return 0;
-  return bwd_sm90::WorkspaceLayout(p.batch, p.heads_q, p.seqlen_q, hd).total;
+  // Enough for either query-block height this head dim runs with: the size query from Python
+  // (jax_flash3_bwd_workspace_bytes) knows the windows but not the softcap.
+  size_t bytes = 0;
+  for (bool plain : {false, true}) {
+    const int bm = bwd_sm90::block_m_for(hd, plain);
+    bytes = std::max(bytes, bwd_sm90::WorkspaceLayout(p.batch, p.heads_q, p.seqlen_q, hd, bm).total);
+  }
+  return bytes;
 }
 
 cudaError_t run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {

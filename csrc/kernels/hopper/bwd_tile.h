@@ -29,11 +29,20 @@ inline int padded_head_dim(int d) {
 //     hdim 256: S,dP 16+16, dK,dV 64+64, dQ 64 = 224 regs; smem Q,dO 2 stages = 128 KB, K,V 64 KB,
 //     P,dS double-buffered 32 KB -> 224 KB (< 227 KB): no room for an fp32 dQ tile, so (at hdim
 //     192 too) it is staged in the consumed stage's Q/dO buffers (bwd_kernel.h, kDqInStage).
+//   hdim 128 without a mask or softcap takes 80 query rows per step instead (S,dP 40+40, dK,dV
+//   64+64, dQ^T 40): 25% more work per barrier and per pass over K/V in smem. 80 rows are not a
+//   WGMMA M, so dQ is computed transposed (dQ^T = K^T dS^T, the WGs split D).
 constexpr int block_m(int hd) { return hd == 64 ? 128 : 64; }
+constexpr int block_m_for(int hd, bool plain) { return hd == 128 && plain ? 80 : block_m(hd); }
 constexpr int block_n(int hd) { return hd <= 128 ? 128 : 64; }
+// No window (causal is window_right = 0) and no softcap: every query block sees every key block.
+inline bool plain_mask(int window_left, int window_right, float softcap) {
+  return window_left < 0 && window_right < 0 && softcap == 0.f;
+}
 
-// Rows of the fp32 workspace arrays are padded to this (>= every kBlockM).
-constexpr int kSeqPad = 128;
+// Rows of the fp32 workspace arrays are padded to a multiple of 128 (of the query block if that
+// does not divide 128), so every query block lies inside them.
+constexpr int seq_pad_unit(int bm) { return 128 % bm == 0 ? 128 : bm; }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -42,13 +51,14 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 //   lse_log2  float [B][Hq][Sq_pad]          lse * log2(e); +inf where lse = -inf or row >= Sq
 //   dpsum     float [B][Hq][Sq_pad]          rowsum(dO * O) - dlse
 //   semaphore int   [B][Hq][Sq_pad / 64]     deterministic dQ ordering, zeroed each call
+//                                            (one per query block: every block has >= 64 rows)
 struct WorkspaceLayout {
   int64_t seq_pad = 0;
   size_t dq_accum = 0, lse_log2 = 0, dpsum = 0, semaphore = 0, total = 0;
   size_t zero_begin = 0, zero_bytes = 0;  // one memset covers dq_accum .. semaphore
 
-  WorkspaceLayout(int batch, int heads_q, int seqlen_q, int hd) {
-    seq_pad = round_up(seqlen_q, kSeqPad);
+  WorkspaceLayout(int batch, int heads_q, int seqlen_q, int hd, int bm) {
+    seq_pad = round_up(seqlen_q, seq_pad_unit(bm));
     const int64_t rows = int64_t(batch) * heads_q * seq_pad;
     size_t off = 0;
     auto take = [&](size_t bytes) {

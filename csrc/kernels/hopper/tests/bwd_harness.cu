@@ -321,6 +321,18 @@ static void check(Cfg c, int num_sms, uint64_t seed) {
     printf("SKIP  %s (not supported by this build)\n", name.c_str());
   } else {
     b.ws_bytes = bwd_sm90_workspace_bytes(p);
+    {
+      // The FFI size query (jax_flash3_bwd_workspace_bytes) sees shapes and windows, not the
+      // softcap: the size it gets must be enough, and it is what the harness allocates.
+      BwdParams shape_only = p;
+      shape_only.mask.softcap = 0.f;
+      const size_t query = bwd_sm90_workspace_bytes(shape_only);
+      if (query < b.ws_bytes) {
+        printf("FAIL %s workspace query %zu < %zu needed\n", name.c_str(), query, b.ws_bytes);
+        ++g_fail;
+      }
+      b.ws_bytes = query;
+    }
     CK(cudaMalloc(&b.ws, std::max<size_t>(b.ws_bytes, 16)));
     std::vector<char> det_prev[3];
     for (int run = 0; run < 3; ++run) {  // run 0: default; runs 1, 2: deterministic
@@ -428,6 +440,9 @@ int main(int argc, char** argv) {
       check({2, 1000, 113, 4, 1, D, true, -1, -1, 0.f, false, false}, sms, seed++);  // rows 0..886 see nothing
       check({1, 1, 17, 2, 2, D, true, -1, -1, 0.f, false, false}, sms, seed++);
       check({1, 1000, 1000, 2, 2, D, true, -1, -1, 20.f, true, true}, sms, seed++);
+      // No mask, no softcap (hdim 128 runs 80-row query blocks): Sq not a multiple of 80, GQA, dlse.
+      check({1, 1000, 517, 4, 2, D, false, -1, -1, 0.f, false, true}, sms, seed++);
+      check({2, 161, 300, 2, 2, D, false, -1, -1, 0.f, false, false}, sms, seed++);
     }
     printf("check failures: %d\n", g_fail);
   }
@@ -437,6 +452,7 @@ int main(int argc, char** argv) {
       check({1, 113, 200, 2, 1, D, false, -1, -1, 0.f, false, false}, sms, seed++);
       check({1, 130, 130, 2, 2, D, true, -1, -1, 0.f, false, true}, sms, seed++);
       check({1, 17, 150, 2, 2, D, false, -1, -1, 30.f, false, false}, sms, seed++);
+      check({1, 161, 90, 4, 2, D, false, -1, -1, 0.f, false, true}, sms, seed++);
     }
     printf("check failures: %d\n", g_fail);
   }
