@@ -97,6 +97,11 @@ def bench_fp8(q, k, v, fl, causal, implementation):
     return row
 
 
+def write_rows(path, dev, rows):
+    with open(path, "w") as fh:
+        json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, fh, indent=1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hdims", type=int, nargs="+", default=[64, 128, 256])
@@ -161,9 +166,10 @@ def main(argv=None):
                     if kk.endswith("_error"):
                         print(f"    {kk}: {row[kk]}", flush=True)
                 del q, k, v, do
+                if args.out:  # after every row, so a run cut short keeps what it measured
+                    write_rows(args.out, dev, rows)
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, fh, indent=1)
+        write_rows(args.out, dev, rows)
         print(f"wrote {args.out}")
     return 0
 

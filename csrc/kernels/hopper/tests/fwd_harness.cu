@@ -10,6 +10,8 @@
 //   ./fwd_harness check      correctness only
 //   ./fwd_harness bench      timing only
 //   ./fwd_harness small      a few small configs (for compute-sanitizer)
+//   ./fwd_harness one D S causal   one grid point (16k tokens, hidden 2048), e.g. under ncu
+// FWD_BENCH_D=64 (a head dim) restricts the timing grid to that head dim.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -295,9 +297,24 @@ int main(int argc, char** argv) {
     }
     std::printf("correctness: %d / %d failed\n", failures, total);
   }
+  if (mode == "one") {
+    if (argc < 5) {
+      std::fprintf(stderr, "usage: fwd_harness one D S causal\n");
+      return 2;
+    }
+    const int d = std::atoi(argv[2]), s = std::atoi(argv[3]);
+    const bool causal = std::atoi(argv[4]) != 0;
+    Config c{DType::kBF16, std::max(1, 16384 / s), s, s, std::max(1, 2048 / d), std::max(1, 2048 / d), d,
+             causal, -1, -1, 0};
+    std::printf("BENCH bf16 D%d S%d %s %7.1f TFLOPs/s\n", d, s, causal ? "causal" : "full",
+                time_config(c, buf, 20));
+    return 0;
+  }
   if (mode == "all" || mode == "bench") {
     std::vector<std::string> lines;
+    const char* only_d = std::getenv("FWD_BENCH_D");
     for (int d : {64, 128, 256}) {
+      if (only_d && std::atoi(only_d) != d) continue;
       for (int causal : {0, 1, 2}) {
         std::string line = "d=" + std::to_string(d) + (causal == 1 ? " causal    " : causal == 2 ? " nc-dynamic" : " non-causal");
         for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
