@@ -154,7 +154,10 @@ def main(argv=None):
                 if args.fp8:
                     row.update(bench_fp8(q, k, v, fl, bool(causal), args.implementation))
                 rows.append(row)
-                f = lambda key: f"{row[key]:8.1f}" if key in row else f"{'err':>8}"
+                def f(key):  # "err": the implementation raised (its *_error line follows); "-": not run
+                    if key in row:
+                        return f"{row[key]:8.1f}"
+                    return f"{'err' if row.get(key.split('_')[0] + '_error') else '-':>8}"
                 fp8_cols = (f" | fp8 {f('fp8_fwd_tflops')} fp8q {f('fp8q_fwd_tflops')} "
                             f"({row.get('fp8_fwd_tflops', 0) / row.get('jf3_fwd_tflops', float('inf')):.2f}x bf16)"
                             if args.fp8 else "")

@@ -816,11 +816,13 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
     if constexpr (kBlockM == block_m(kHeadDim)) {
       if (cap > 0.f) {
         err = launch_main(BwdTraits<Element, kHeadDim, true>{});
-      } else {
+      } else if constexpr (block_m_for(kHeadDim, true) == kBlockM) {
         err = launch_main(BwdTraits<Element, kHeadDim, false>{});
+      } else {
+        err = cudaErrorInvalidValue;  // not reached: launch_bwd sends these calls to the tall blocks
       }
     } else {
-      err = launch_main(BwdTraits<Element, kHeadDim, false, kBlockM>{});  // plain masks only
+      err = launch_main(BwdTraits<Element, kHeadDim, false, kBlockM>{});  // no softcap (tall_blocks_ok)
     }
     if (err != cudaSuccess) return err;
   }
@@ -832,10 +834,9 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
 
 template <class Element, int kHeadDim>
 cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
-  constexpr int kPlainBlockM = block_m_for(kHeadDim, true);
-  if constexpr (kPlainBlockM != block_m(kHeadDim)) {
-    if (plain_mask(p.mask.window_left, p.mask.window_right, p.mask.softcap))
-      return launch_bwd_tile<Element, kHeadDim, kPlainBlockM>(p, stream);
+  constexpr int kTallBlockM = block_m_for(kHeadDim, true);
+  if constexpr (kTallBlockM != block_m(kHeadDim)) {
+    if (tall_blocks_ok(p.mask.softcap)) return launch_bwd_tile<Element, kHeadDim, kTallBlockM>(p, stream);
   }
   return launch_bwd_tile<Element, kHeadDim, block_m(kHeadDim)>(p, stream);
 }

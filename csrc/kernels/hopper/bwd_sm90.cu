@@ -79,10 +79,10 @@ size_t bwd_sm90_workspace_bytes(const BwdParams& p) {
   const int hd = bwd_sm90::padded_head_dim(p.head_dim);
   if (hd < 0) return 0;
   // Enough for either query-block height this head dim runs with: the size query from Python
-  // (jax_flash3_bwd_workspace_bytes) knows the windows but not the softcap.
+  // (jax_flash3_bwd_workspace_bytes) does not see the softcap, which picks the height.
   size_t bytes = 0;
-  for (bool plain : {false, true}) {
-    const int bm = bwd_sm90::block_m_for(hd, plain);
+  for (bool tall : {false, true}) {
+    const int bm = bwd_sm90::block_m_for(hd, tall);
     bytes = std::max(bytes, bwd_sm90::WorkspaceLayout(p.batch, p.heads_q, p.seqlen_q, hd, bm).total);
   }
   return bytes;

@@ -29,16 +29,16 @@ inline int padded_head_dim(int d) {
 //     hdim 256: S,dP 16+16, dK,dV 64+64, dQ 64 = 224 regs; smem Q,dO 2 stages = 128 KB, K,V 64 KB,
 //     P,dS double-buffered 32 KB -> 224 KB (< 227 KB): no room for an fp32 dQ tile, so (at hdim
 //     192 too) it is staged in the consumed stage's Q/dO buffers (bwd_kernel.h, kDqInStage).
-//   hdim 128 without a mask or softcap takes 80 query rows per step instead (S,dP 40+40, dK,dV
-//   64+64, dQ^T 40): 25% more work per barrier and per pass over K/V in smem. 80 rows are not a
-//   WGMMA M, so dQ is computed transposed (dQ^T = K^T dS^T, the WGs split D).
+//   hdim 128 without softcap takes 80 query rows per step instead (S,dP 40+40, dK,dV 64+64,
+//   dQ^T 40): 25% more work per barrier and per pass over K/V in smem. 80 rows are not a WGMMA
+//   M, so dQ is computed transposed (dQ^T = K^T dS^T, the WGs split D). Causal and windowed
+//   calls take them too (H200: causal +6-12% at 512-16k, RESULTS.md backward v10). Softcap keeps
+//   64 rows: there its extra tanh' fragment already makes ptxas serialize the wgmma (C7512).
 constexpr int block_m(int hd) { return hd == 64 ? 128 : 64; }
-constexpr int block_m_for(int hd, bool plain) { return hd == 128 && plain ? 80 : block_m(hd); }
+constexpr int block_m_for(int hd, bool tall) { return hd == 128 && tall ? 80 : block_m(hd); }
 constexpr int block_n(int hd) { return hd <= 128 ? 128 : 64; }
-// No window (causal is window_right = 0) and no softcap: every query block sees every key block.
-inline bool plain_mask(int window_left, int window_right, float softcap) {
-  return window_left < 0 && window_right < 0 && softcap == 0.f;
-}
+// Whether a call may take the taller query blocks of block_m_for (any mask; no softcap).
+inline bool tall_blocks_ok(float softcap) { return softcap == 0.f; }
 
 // Rows of the fp32 workspace arrays are padded to a multiple of 128 (of the query block if that
 // does not divide 128), so every query block lies inside them.
