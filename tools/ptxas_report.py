@@ -71,8 +71,8 @@ def main(argv):
     seen = set()
     print("| kernel | arch | registers | stack B | spill stores B | spill loads B |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
-        key = tuple(r.values())
+    for r in rows:  # a kernel compiled more than once (several builds in one log): the first wins
+        key = (r["name"], r["arch"])
         if key in seen:
             continue
         seen.add(key)

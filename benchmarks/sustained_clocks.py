@@ -1,0 +1,81 @@
+"""Sustained throughput with the SM clock and board power read alongside (NVML), per implementation.
+
+    python3 benchmarks/sustained_clocks.py [--seconds 2.0]
+
+For each grid point below and each implementation (jax_flash3, flash-attn3-jax when installed),
+the jitted call runs back to back (10 dispatched, then a wait) for ``--seconds`` (the first half warms the card up to its
+sustained state, the second half is measured): TFLOPs/s from the calls completed in the second
+half (same FLOP formula as bench_attention.py), and the mean SM clock (MHz) and power (W) sampled
+by NVML after each burst of 10 in that half. Answers whether two kernels at the same grid point run at
+the same clock when the card sits at its power cap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+import jax_flash3
+
+POINTS = [  # (hdim, seq, causal, with backward)
+    (128, 1024, 1, False),
+    (128, 8192, 1, False),
+    (128, 16384, 0, False),
+    (128, 16384, 0, True),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    args = ap.parse_args()
+    import pynvml
+
+    pynvml.nvmlInit()
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    impls = {"jf3": lambda c: (lambda q, k, v: jax_flash3.flash_attention(q, k, v, causal=c, implementation="cuda"))}
+    try:
+        import flash_attn3_jax
+
+        impls["fa3jax"] = lambda c: (lambda q, k, v: flash_attn3_jax.flash_mha(q, k, v, is_causal=c))
+    except ImportError:
+        pass
+    print(f"{'point':<24} {'impl':<7} {'TFLOPs/s':>9} {'SM MHz':>7} {'W':>6} {'calls':>6}")
+    for d, s, causal, bwd in POINTS:
+        b, hh = 16384 // s, 2048 // d
+        ks = jax.random.split(jax.random.PRNGKey(1), 4)
+        q, k, v, do = (jax.random.normal(kk, (b, s, hh, d), jnp.bfloat16) for kk in ks)
+        fl = 4.0 * b * hh * s * s * d / (2 if causal else 1) * (3.5 if bwd else 1.0)  # fwd + bwd = 3.5 x fwd
+        for name, make in impls.items():
+            attn = make(bool(causal))
+            if bwd:
+                fn = jax.jit(lambda q, k, v, do, attn=attn: jax.vjp(attn, q, k, v)[1](do))
+                call = lambda fn=fn: fn(q, k, v, do)
+            else:
+                fn = jax.jit(attn)
+                call = lambda fn=fn: fn(q, k, v)
+            jax.block_until_ready(call())
+            t_end = time.perf_counter() + args.seconds
+            t_half = time.perf_counter() + args.seconds / 2
+            burst = lambda: jax.block_until_ready([call() for _ in range(10)])  # 10 in flight, as the grid
+            while time.perf_counter() < t_half:
+                burst()
+            n, clocks, watts = 0, [], []
+            t0 = time.perf_counter()
+            while time.perf_counter() < t_end:
+                burst()
+                n += 10
+                clocks.append(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM))
+                watts.append(pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0)
+            dt = time.perf_counter() - t0
+            label = f"d{d} s{s} {'causal' if causal else 'full'}{' fwd+bwd' if bwd else ' fwd'}"
+            print(f"{label:<24} {name:<7} {fl * n / dt / 1e12:9.1f} {statistics.mean(clocks):7.0f} "
+                  f"{statistics.mean(watts):6.0f} {n:6d}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
