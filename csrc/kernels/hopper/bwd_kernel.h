@@ -263,45 +263,66 @@ __device__ __forceinline__ void wgmma_gemm(TiledMma& mma, TA const& tA, TB const
 }
 
 // ---------------------------------------------------------------------------------------------
-// Preprocess: dpsum = rowsum(dO * O) - dlse, lse_log2 = lse * log2(e) (+inf for an empty row or
-// a padding row, so that P = exp2(. - lse_log2) = 0 there). One warp per row.
+// Preprocess, one CTA per (kPreRows padded query rows, query head, batch):
+//   - zeroes those rows of the fp32 dQ accumulator and their deterministic-order semaphore (the
+//     main kernel reduce-adds into them), so no separate memset pass or launch is needed;
+//   - dpsum = rowsum(dO * O) - dlse and lse_log2 = lse * log2(e) (+inf for an empty row or a
+//     padding row, so that P = exp2(. - lse_log2) = 0 there). A row is read by a group of `lanes`
+//     lanes (a power of two, 8 elements each); 32-bit index arithmetic (the grid carries b, h).
 // ---------------------------------------------------------------------------------------------
 
-template <class Element>
+constexpr int kPreRows = 64;  // = the semaphore granularity (WorkspaceLayout)
+
+template <class Element, int kHeadDim>
 __global__ void __launch_bounds__(256) bwd_preprocess_kernel(BwdArgs a) {
   const BwdParams& p = a.p;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row_global = int64_t(blockIdx.x) * 8 + warp;  // over B * Hq * seq_pad
-  const int64_t rows_total = int64_t(p.batch) * p.heads_q * a.seq_pad;
-  if (row_global >= rows_total) return;
-  const int i = int(row_global % a.seq_pad);
-  const int bh = int(row_global / a.seq_pad);
-  const int h = bh % p.heads_q, b = bh / p.heads_q;
-  float lse2 = INFINITY, dps = 0.f;
-  if (i < p.seqlen_q) {
-    const Element* o = reinterpret_cast<const Element*>(p.out) + b * p.o_batch_stride +
-                       int64_t(i) * p.o_row_stride + h * p.o_head_stride;
-    const Element* dout = reinterpret_cast<const Element*>(p.dout) + b * p.o_batch_stride +
-                          int64_t(i) * p.o_row_stride + h * p.o_head_stride;
-    float acc = 0.f;
-    for (int d = lane * 8; d < p.head_dim_v; d += 256) {
-      uint4 ov = *reinterpret_cast<const uint4*>(o + d);
-      uint4 dv = *reinterpret_cast<const uint4*>(dout + d);
-      const Element* oe = reinterpret_cast<const Element*>(&ov);
-      const Element* de = reinterpret_cast<const Element*>(&dv);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc += float(oe[e]) * float(de[e]);
+  const int r0 = blockIdx.x * kPreRows, h = blockIdx.y, b = blockIdx.z;
+  const int seq_pad = int(a.seq_pad);
+  const int64_t bh = int64_t(b) * p.heads_q + h;
+  {
+    const int rows = min(kPreRows, seq_pad - r0);
+    float4* acc = reinterpret_cast<float4*>(a.dq_accum + (bh * seq_pad + r0) * kHeadDim);
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int i = threadIdx.x; i < rows * (kHeadDim / 4); i += blockDim.x) acc[i] = zero;
+    if (threadIdx.x == 0 && int(blockIdx.x) < seq_pad / kPreRows) {
+      a.semaphore[bh * (seq_pad / kPreRows) + blockIdx.x] = 0;
     }
-#pragma unroll
-    for (int s = 16; s > 0; s /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, s);
-    const int64_t lse_idx = (int64_t(b) * p.heads_q + h) * p.seqlen_q + i;
-    const float lse = p.lse[lse_idx];
-    dps = acc - (p.dlse ? p.dlse[lse_idx] : 0.f);
-    lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
   }
-  if (lane == 0) {
-    a.lse_log2[row_global] = lse2;
-    a.dpsum[row_global] = dps;
+  const int dv = p.head_dim_v;
+  int lanes = 1;
+  while (lanes * 8 < dv && lanes < 32) lanes *= 2;
+  const int lane = threadIdx.x % 32, sub = lane % lanes;
+  const Element* o_bh = reinterpret_cast<const Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+  const Element* do_bh = reinterpret_cast<const Element*>(p.dout) + b * p.o_batch_stride + h * p.o_head_stride;
+  // Every lane of a warp runs the same number of passes (kPreRows is a multiple of the rows a
+  // warp covers), so the group shuffles below always have the whole warp.
+  for (int rr = threadIdx.x / lanes; rr < kPreRows; rr += blockDim.x / lanes) {
+    const int i = r0 + rr;
+    float acc = 0.f;
+    if (i < p.seqlen_q) {
+      const Element* o = o_bh + int64_t(i) * p.o_row_stride;
+      const Element* dout = do_bh + int64_t(i) * p.o_row_stride;
+      for (int d = sub * 8; d < dv; d += lanes * 8) {
+        uint4 ov = *reinterpret_cast<const uint4*>(o + d);
+        uint4 dov = *reinterpret_cast<const uint4*>(dout + d);
+        const Element* oe = reinterpret_cast<const Element*>(&ov);
+        const Element* de = reinterpret_cast<const Element*>(&dov);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc += float(oe[e]) * float(de[e]);
+      }
+    }
+    for (int s = lanes / 2; s > 0; s /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if (sub == 0 && i < seq_pad) {
+      float lse2 = INFINITY, dps = 0.f;
+      if (i < p.seqlen_q) {
+        const int64_t lse_idx = bh * p.seqlen_q + i;
+        const float lse = p.lse[lse_idx];
+        dps = acc - (p.dlse ? p.dlse[lse_idx] : 0.f);
+        lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+      }
+      a.lse_log2[bh * seq_pad + i] = lse2;
+      a.dpsum[bh * seq_pad + i] = dps;
+    }
   }
 }
 
@@ -780,11 +801,10 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
   a.softcap_in = cap > 0.f ? p.softmax_scale / cap : 0.f;
   a.softcap_out = cap * kLog2e;
 
-  cudaError_t err = cudaMemsetAsync(base + ws.zero_begin, 0, ws.zero_bytes, stream);
-  if (err != cudaSuccess) return err;
+  cudaError_t err = cudaSuccess;
   {
-    const int64_t rows = int64_t(p.batch) * p.heads_q * ws.seq_pad;
-    bwd_preprocess_kernel<Element><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
+    const dim3 grid(unsigned((ws.seq_pad + kPreRows - 1) / kPreRows), unsigned(p.heads_q), unsigned(p.batch));
+    bwd_preprocess_kernel<Element, kHeadDim><<<grid, 256, 0, stream>>>(a);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   if (a.n_blocks > 0) {

@@ -61,6 +61,8 @@ bool bwd_sm90_supported(const BwdParams& p) {
   if (hd < 0 || !bwd_sm90_compiled(p.dtype, hd)) return false;
   if (p.heads_k <= 0 || p.heads_q % p.heads_k != 0) return false;
   if (p.batch <= 0 || p.seqlen_q <= 0 || p.seqlen_k <= 0) return false;
+  // Grid y/z carry the heads and the batch (at most 65535 each); larger runs the fallback.
+  if (p.batch > 65535 || p.heads_q > 65535) return false;
   // 16-byte cp.async / vector loads: every row start must be 16-byte aligned.
   for (int64_t s : {p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.k_batch_stride,
                     p.k_row_stride, p.k_head_stride, p.v_batch_stride, p.v_row_stride,

@@ -47,15 +47,14 @@ constexpr int seq_pad_unit(int bm) { return 128 % bm == 0 ? 128 : bm; }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Workspace layout (all offsets 256-byte aligned):
-//   dq_accum  float [B][Hq][Sq_pad][hd]      zeroed each call, row-major
+//   dq_accum  float [B][Hq][Sq_pad][hd]      zeroed each call (by the preprocess kernel), row-major
 //   lse_log2  float [B][Hq][Sq_pad]          lse * log2(e); +inf where lse = -inf or row >= Sq
 //   dpsum     float [B][Hq][Sq_pad]          rowsum(dO * O) - dlse
-//   semaphore int   [B][Hq][Sq_pad / 64]     deterministic dQ ordering, zeroed each call
+//   semaphore int   [B][Hq][Sq_pad / 64]     deterministic dQ ordering, zeroed each call (likewise)
 //                                            (one per query block: every block has >= 64 rows)
 struct WorkspaceLayout {
   int64_t seq_pad = 0;
   size_t dq_accum = 0, lse_log2 = 0, dpsum = 0, semaphore = 0, total = 0;
-  size_t zero_begin = 0, zero_bytes = 0;  // one memset covers dq_accum .. semaphore
 
   WorkspaceLayout(int batch, int heads_q, int seqlen_q, int hd, int bm) {
     seq_pad = round_up(seqlen_q, seq_pad_unit(bm));
@@ -71,8 +70,6 @@ struct WorkspaceLayout {
     lse_log2 = take(size_t(rows) * sizeof(float));
     dpsum = take(size_t(rows) * sizeof(float));
     total = off;
-    zero_begin = dq_accum;
-    zero_bytes = lse_log2 - dq_accum;
   }
 };
 
