@@ -782,8 +782,12 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
 // Host launch for one (dtype, head dim)
 // ---------------------------------------------------------------------------------------------
 
-template <class Element, int kHeadDim, int kBlockM>
+// One backward call with the main kernel of `Traits` (its query-block height fixes the workspace
+// layout and the dQ convert).
+template <class Traits>
 cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  constexpr int kHeadDim = Traits::kHeadDim, kBlockM = Traits::kBlockM;
   const WorkspaceLayout ws(p.batch, p.heads_q, p.seqlen_q, kHeadDim, kBlockM);
   char* base = static_cast<char*>(p.workspace);
   BwdArgs a;
@@ -808,8 +812,7 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   if (a.n_blocks > 0) {
-    auto launch_main = [&](auto traits_tag) -> cudaError_t {
-      using Traits = decltype(traits_tag);
+    auto launch_main = [&]() -> cudaError_t {
       auto kernel = bwd_main_kernel<Traits>;
       constexpr int smem = Traits::kSmemBytes;
       cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -833,18 +836,7 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
       kernel<<<grid, Traits::kThreadsTotal, smem, stream>>>(ma);
       return cudaGetLastError();
     };
-    if constexpr (kBlockM == block_m(kHeadDim)) {
-      if (cap > 0.f) {
-        err = launch_main(BwdTraits<Element, kHeadDim, true>{});
-      } else if constexpr (block_m_for(kHeadDim, true) == kBlockM) {
-        err = launch_main(BwdTraits<Element, kHeadDim, false>{});
-      } else {
-        err = cudaErrorInvalidValue;  // not reached: launch_bwd sends these calls to the tall blocks
-      }
-    } else {
-      err = launch_main(BwdTraits<Element, kHeadDim, false, kBlockM>{});  // no softcap (tall_blocks_ok)
-    }
-    if (err != cudaSuccess) return err;
+    if ((err = launch_main()) != cudaSuccess) return err;
   }
   using ConvTraits = BwdTraits<Element, kHeadDim, false, kBlockM>;
   dim3 grid(a.m_blocks, p.heads_q, p.batch);
@@ -854,11 +846,10 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
 
 template <class Element, int kHeadDim>
 cudaError_t launch_bwd(const BwdParams& p, cudaStream_t stream) {
-  constexpr int kTallBlockM = block_m_for(kHeadDim, true);
-  if constexpr (kTallBlockM != block_m(kHeadDim)) {
-    if (tall_blocks_ok(p.mask.softcap)) return launch_bwd_tile<Element, kHeadDim, kTallBlockM>(p, stream);
+  if (p.mask.softcap > 0.f) {
+    return launch_bwd_tile<BwdTraits<Element, kHeadDim, true, block_m_for(kHeadDim, true)>>(p, stream);
   }
-  return launch_bwd_tile<Element, kHeadDim, block_m(kHeadDim)>(p, stream);
+  return launch_bwd_tile<BwdTraits<Element, kHeadDim, false, block_m_for(kHeadDim, false)>>(p, stream);
 }
 
 }  // namespace bwd_sm90

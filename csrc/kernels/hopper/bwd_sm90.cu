@@ -83,8 +83,8 @@ size_t bwd_sm90_workspace_bytes(const BwdParams& p) {
   // Enough for either query-block height this head dim runs with: the size query from Python
   // (jax_flash3_bwd_workspace_bytes) does not see the softcap, which picks the height.
   size_t bytes = 0;
-  for (bool tall : {false, true}) {
-    const int bm = bwd_sm90::block_m_for(hd, tall);
+  for (bool softcap : {false, true}) {
+    const int bm = bwd_sm90::block_m_for(hd, softcap);
     bytes = std::max(bytes, bwd_sm90::WorkspaceLayout(p.batch, p.heads_q, p.seqlen_q, hd, bm).total);
   }
   return bytes;

@@ -35,10 +35,9 @@ inline int padded_head_dim(int d) {
 //   calls take them too (H200: causal +6-12% at 512-16k, RESULTS.md backward v10). Softcap keeps
 //   64 rows: there its extra tanh' fragment already makes ptxas serialize the wgmma (C7512).
 constexpr int block_m(int hd) { return hd == 64 ? 128 : 64; }
-constexpr int block_m_for(int hd, bool tall) { return hd == 128 && tall ? 80 : block_m(hd); }
+// The query-block height a call runs with: softcap is the only thing that picks it.
+constexpr int block_m_for(int hd, bool softcap) { return hd == 128 && !softcap ? 80 : block_m(hd); }
 constexpr int block_n(int hd) { return hd <= 128 ? 128 : 64; }
-// Whether a call may take the taller query blocks of block_m_for (any mask; no softcap).
-inline bool tall_blocks_ok(float softcap) { return softcap == 0.f; }
 
 // Rows of the fp32 workspace arrays are padded to a multiple of 128 (of the query block if that
 // does not divide 128), so every query block lies inside them.
