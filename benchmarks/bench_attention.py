@@ -39,6 +39,30 @@ def flops_fwd(b, h, s, d, causal):
     return f / 2 if causal else f
 
 
+IMPLS = ("jf3", "cudnn", "fa3jax")
+
+
+def attention_fn(impl, causal, implementation="cuda"):
+    """``(q, k, v) -> out`` of one implementation: ``jf3`` (jax_flash3 with ``implementation``),
+    ``cudnn`` (jax.nn.dot_product_attention) or ``fa3jax`` (flash_attn3_jax.flash_mha, peer wheel)."""
+    causal = bool(causal)
+    if impl == "jf3":
+        return lambda q, k, v: jax_flash3.flash_attention(q, k, v, causal=causal, implementation=implementation)
+    if impl == "cudnn":
+        return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+    if impl == "fa3jax":
+        import flash_attn3_jax  # peer wheel, GPU machine only
+
+        return lambda q, k, v: flash_attn3_jax.flash_mha(q, k, v, is_causal=causal)
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+def grid_inputs(key, d, s, tokens=16384, hidden=2048, dtype=jnp.bfloat16):
+    """A grid point's ``(b, h, (q, k, v, do))``: batch = tokens / s, heads = hidden / d, random normal."""
+    b, h = max(1, tokens // s), max(1, hidden // d)
+    return b, h, tuple(jax.random.normal(kk, (b, s, h, d), dtype) for kk in jax.random.split(key, 4))
+
+
 def timeit(fn, *args, calls=10, repeats=5):
     jax.block_until_ready(fn(*args))  # compile + warm up
     jax.block_until_ready(fn(*args))
@@ -123,9 +147,6 @@ def main(argv=None):
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({dev.platform}); jax {jax.__version__}; "
           f"jax_flash3 CUDA: {jax_flash3.cuda_unavailable_reason() or 'available'}", flush=True)
-    fa3 = None
-    if args.fa3jax:
-        import flash_attn3_jax as fa3  # noqa: F811  (peer wheel, GPU machine only)
     rows = []
     key = jax.random.PRNGKey(0)
     hdr = f"{'hdim':>4} {'seq':>6} {'c':>1} | {'jf3 fwd':>8} {'cudnn fwd':>9} | {'jf3 bwd':>8} {'cudnn bwd':>9}"
@@ -135,22 +156,15 @@ def main(argv=None):
     for d in args.hdims:
         for s in args.seqs:
             for causal in args.causal:
-                b, h = max(1, args.tokens // s), max(1, args.hidden // d)
-                key, *ks = jax.random.split(key, 5)
-                q, k, v, do = (jax.random.normal(kk, (b, s, h, d), dtype) for kk in ks)
+                key, sub = jax.random.split(key)
+                b, h, (q, k, v, do) = grid_inputs(sub, d, s, args.tokens, args.hidden, dtype)
                 fl = flops_fwd(b, h, s, d, causal)
                 row = dict(hdim=d, seq=s, causal=causal, batch=b, heads=h, dtype=args.dtype,
                            device=dev.device_kind)
-                ours = lambda q, k, v, c=bool(causal): jax_flash3.flash_attention(
-                    q, k, v, causal=c, implementation=args.implementation)
-                row.update(bench_one("jf3", ours, q, k, v, do, fl, not args.no_bwd))
-                if not args.no_cudnn:
-                    peer = lambda q, k, v, c=bool(causal): jax.nn.dot_product_attention(
-                        q, k, v, is_causal=c, implementation="cudnn")
-                    row.update(bench_one("cudnn", peer, q, k, v, do, fl, not args.no_bwd))
-                if fa3 is not None and d <= 128:
-                    peer3 = lambda q, k, v, c=bool(causal): fa3.flash_mha(q, k, v, is_causal=c)
-                    row.update(bench_one("fa3jax", peer3, q, k, v, do, fl, not args.no_bwd))
+                impls = ["jf3"] + ([] if args.no_cudnn else ["cudnn"]) + (["fa3jax"] if args.fa3jax and d <= 128 else [])
+                for impl in impls:
+                    attn = attention_fn(impl, causal, args.implementation)
+                    row.update(bench_one(impl, attn, q, k, v, do, fl, not args.no_bwd))
                 if args.fp8:
                     row.update(bench_fp8(q, k, v, fl, bool(causal), args.implementation))
                 rows.append(row)
@@ -162,7 +176,7 @@ def main(argv=None):
                             f"({row.get('fp8_fwd_tflops', 0) / row.get('jf3_fwd_tflops', float('inf')):.2f}x bf16)"
                             if args.fp8 else "")
                 fa3_cols = (f" | {f('fa3jax_fwd_tflops')} {f('fa3jax_bwd_tflops')}"
-                            if fa3 is not None else "")
+                            if args.fa3jax else "")
                 print(f"{d:>4} {s:>6} {causal:>1} | {f('jf3_fwd_tflops')} {f('cudnn_fwd_tflops'):>9} | "
                       f"{f('jf3_bwd_tflops')} {f('cudnn_bwd_tflops'):>9}{fa3_cols}{fp8_cols}", flush=True)
                 for kk in row:

@@ -258,6 +258,12 @@ static std::vector<Config> correctness_configs(bool small) {
   return v;
 }
 
+// A point of the timing grid: 16k tokens (batch = 16384 / s), hidden 2048 (heads = 2048 / d), bf16.
+static Config grid_config(int d, int s, bool causal) {
+  const int heads = std::max(1, 2048 / d);
+  return Config{DType::kBF16, std::max(1, 16384 / s), s, s, heads, heads, d, causal, -1, -1, 0};
+}
+
 static double time_config(const Config& c, Buffers& buf, int reps) {
   const size_t nq = size_t(c.batch) * c.sq * c.hq * c.d, nkv = size_t(c.batch) * c.sk * c.hk * c.d;
   buf.ensure(nq, nkv, size_t(c.batch) * c.hq * c.sq);
@@ -304,8 +310,7 @@ int main(int argc, char** argv) {
     }
     const int d = std::atoi(argv[2]), s = std::atoi(argv[3]);
     const bool causal = std::atoi(argv[4]) != 0;
-    Config c{DType::kBF16, std::max(1, 16384 / s), s, s, std::max(1, 2048 / d), std::max(1, 2048 / d), d,
-             causal, -1, -1, 0};
+    const Config c = grid_config(d, s, causal);
     std::printf("BENCH bf16 D%d S%d %s %7.1f TFLOPs/s\n", d, s, causal ? "causal" : "full",
                 time_config(c, buf, 20));
     return 0;
@@ -318,7 +323,7 @@ int main(int argc, char** argv) {
       for (int causal : {0, 1, 2}) {
         std::string line = "d=" + std::to_string(d) + (causal == 1 ? " causal    " : causal == 2 ? " nc-dynamic" : " non-causal");
         for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
-          Config c{DType::kBF16, 16384 / s, s, s, 2048 / d, 2048 / d, d, causal == 1, -1, -1, 0};
+          Config c = grid_config(d, s, causal == 1);
           if (causal == 2) c.wl = c.wr = 1 << 28;  // unbounded window, but dynamic scheduler
           const double tf = time_config(c, buf, 20);
           char cell[32];
