@@ -24,6 +24,8 @@
 // query block) semaphore, so only the writer ever spins.
 #pragma once
 
+#include <algorithm>
+
 #include <cute/tensor.hpp>
 #include <cutlass/arch/reg_reconfig.h>
 #include <cute/atom/copy_traits_sm90_tma.hpp>
@@ -31,6 +33,7 @@
 #include <cutlass/numeric_types.h>
 
 #include "../params.h"
+#include "acc_store.h"
 #include "bwd_tile.h"
 
 namespace jax_flash3 {
@@ -175,6 +178,10 @@ struct BwdTraits {
   using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemShape{}, GmemStride{}));
   using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutQ1{}, Shape<BM, HD>{}, _1{}));
   using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutK{}, Shape<BN, HD>{}, _1{}));
+  // dK / dV leave through the K / V tiles (free after the last GEMM) and a TMA store each; rows
+  // past the sequence and columns past the real head dim are clipped by the copy engine.
+  using GmemTensorOut = decltype(make_tensor(make_gmem_ptr(static_cast<Element*>(nullptr)), GmemShape{}, GmemStride{}));
+  using TmaKStore = decltype(make_tma_copy(SM90_TMA_STORE{}, GmemTensorOut{}, SmemLayoutK{}, Shape<BN, HD>{}, _1{}));
   static constexpr uint32_t kTmaBytesQdO = 2 * kBlockM * kHeadDim * sizeof(Element) + 2 * kBlockM * sizeof(float);
   static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
 };
@@ -195,6 +202,12 @@ struct BwdArgs {
   float scale_log2;     // softmax_scale * log2(e)             (no softcap)
   float softcap_in;     // softmax_scale / softcap             (softcap)
   float softcap_out;    // softcap * log2(e)                   (softcap)
+  // CTA order (non-deterministic calls with a window limit, where key blocks differ in work):
+  // 0 keeps blockIdx.x = key block. Otherwise the grid is walked in sections of `lpt_heads`
+  // (batch, KV head) pairs whose Q/dO/dQ fit in L2, key blocks outermost within a section, the
+  // key blocks that see the most query blocks first (ascending, or descending if lpt_reverse).
+  int lpt_heads;
+  int lpt_reverse;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -344,27 +357,45 @@ __global__ void __launch_bounds__(Traits::kThreads) bwd_convert_dq_frag_kernel(B
   const float* tile = a.dq_accum + ((int64_t(b) * p.heads_q + h) * a.seq_pad + int64_t(m) * kBlockM) * kHeadDim;
   Element* dq = reinterpret_cast<Element*>(p.dq) + b * p.q_batch_stride + h * p.q_head_stride;
   const float scale = p.softmax_scale;
-  CUTLASS_PRAGMA_UNROLL
-  for (int v4 = 0; v4 < kVals / 4; ++v4) {
-    const float4 x = *reinterpret_cast<const float4*>(tile + (int64_t(v4) * kThreads + tid) * 4);
-    const float xs[4] = {x.x, x.y, x.z, x.w};
-    if constexpr (Traits::kDqSwapAB) {
-      // (d, query) coordinates; adjacent values are adjacent queries, so one element at a time.
+  if constexpr (Traits::kDqSwapAB) {
+    // (d, query) fragments: adjacent values are adjacent queries. Transpose through smem so the
+    // rows leave as 16-byte stores (8 elements of one query row).
+    constexpr int kPitch = kHeadDim + 8;  // elements; rows 16-byte aligned, the 4 query rows a
+                                          // store instruction touches land in different banks
+    __shared__ alignas(16) Element tile_s[kBlockM * kPitch];
+    CUTLASS_PRAGMA_UNROLL
+    for (int v4 = 0; v4 < kVals / 4; ++v4) {
+      const float4 x = *reinterpret_cast<const float4*>(tile + (int64_t(v4) * kThreads + tid) * 4);
+      const float xs[4] = {x.x, x.y, x.z, x.w};
       CUTLASS_PRAGMA_UNROLL
       for (int e = 0; e < 4; ++e) {
-        const int row = m * kBlockM + get<1>(tdQcdQ(v4 * 4 + e));
-        const int col = get<0>(tdQcdQ(v4 * 4 + e));
-        if (row < p.seqlen_q && col < p.head_dim) dq[int64_t(row) * p.q_row_stride + col] = Element(xs[e] * scale);
+        const auto c = tdQcdQ(v4 * 4 + e);
+        tile_s[get<1>(c) * kPitch + get<0>(c)] = Element(xs[e] * scale);
       }
-      continue;
     }
+    __syncthreads();
+    constexpr int kChunks = kBlockM * kHeadDim / 8;
+    for (int i = tid; i < kChunks; i += kThreads) {
+      const int r = i / (kHeadDim / 8), c8 = (i % (kHeadDim / 8)) * 8;
+      const int row = m * kBlockM + r;
+      if (row < p.seqlen_q && c8 < p.head_dim) {
+        *reinterpret_cast<uint4*>(dq + int64_t(row) * p.q_row_stride + c8) =
+            *reinterpret_cast<const uint4*>(&tile_s[r * kPitch + c8]);
+      }
+    }
+  } else {
     CUTLASS_PRAGMA_UNROLL
-    for (int e = 0; e < 4; e += 2) {
-      const int row = m * kBlockM + get<0>(tdQcdQ(v4 * 4 + e));
-      const int col = get<1>(tdQcdQ(v4 * 4 + e));
-      if (row < p.seqlen_q && col < p.head_dim) {
-        Element pair[2] = {Element(xs[e] * scale), Element(xs[e + 1] * scale)};
-        *reinterpret_cast<uint32_t*>(dq + int64_t(row) * p.q_row_stride + col) = *reinterpret_cast<const uint32_t*>(pair);
+    for (int v4 = 0; v4 < kVals / 4; ++v4) {
+      const float4 x = *reinterpret_cast<const float4*>(tile + (int64_t(v4) * kThreads + tid) * 4);
+      const float xs[4] = {x.x, x.y, x.z, x.w};
+      CUTLASS_PRAGMA_UNROLL
+      for (int e = 0; e < 4; e += 2) {
+        const int row = m * kBlockM + get<0>(tdQcdQ(v4 * 4 + e));
+        const int col = get<1>(tdQcdQ(v4 * 4 + e));
+        if (row < p.seqlen_q && col < p.head_dim) {
+          Element pair[2] = {Element(xs[e] * scale), Element(xs[e + 1] * scale)};
+          *reinterpret_cast<uint32_t*>(dq + int64_t(row) * p.q_row_stride + col) = *reinterpret_cast<const uint32_t*>(pair);
+        }
       }
     }
   }
@@ -379,6 +410,7 @@ struct MainArgs {
   BwdArgs a;
   typename Traits::TmaQ tma_q, tma_do;
   typename Traits::TmaK tma_k, tma_v;
+  typename Traits::TmaKStore tma_dk, tma_dv;
 };
 
 template <class Traits>
@@ -400,9 +432,20 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
   // Deterministic mode runs the key blocks right to left and adds each query block's dQ from the
   // highest key block down ("shortest processing time first", FA3 #1893): with a causal mask the
   // CTA that owns a query block's first turn is then always one step ahead, so nobody waits long.
-  const int n_block = p.deterministic ? a.n_blocks - 1 - int(blockIdx.x) : int(blockIdx.x);
-  const int hk = blockIdx.y;
-  const int b = blockIdx.z;
+  int n_block = p.deterministic ? a.n_blocks - 1 - int(blockIdx.x) : int(blockIdx.x);
+  int hk = blockIdx.y;
+  int b = blockIdx.z;
+  if (a.lpt_heads > 0) {
+    // Longest first, section by section (see BwdArgs::lpt_heads): CTAs start in linear order.
+    const int nb = a.n_blocks;
+    const int lin = int(blockIdx.x) + nb * (int(blockIdx.y) + p.heads_k * int(blockIdx.z));
+    const int sec = lin / (nb * a.lpt_heads), r = lin % (nb * a.lpt_heads);
+    const int in_sec = min(a.lpt_heads, p.heads_k * p.batch - sec * a.lpt_heads);
+    const int n = r / in_sec, hb = sec * a.lpt_heads + r % in_sec;
+    n_block = a.lpt_reverse ? nb - 1 - n : n;
+    hk = hb % p.heads_k;
+    b = hb / p.heads_k;
+  }
   const int tid = threadIdx.x;
   const int group = p.heads_q / p.heads_k;
   const int Sq = p.seqlen_q, Sk = p.seqlen_k;
@@ -550,7 +593,7 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
   // -------------------------------------------------------------------- MMA warpgroups
   cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegs>();
   const int mt = tid - 128;  // MMA thread index, 0 .. kThreads-1
-  constexpr int kBarDs = 1, kBarQdoRead = 2;  // named barriers over the kThreads MMA threads
+  constexpr int kBarDs = 1, kBarQdoRead = 2, kBarEpilogue = 3;  // named barriers over the MMA threads
 
   typename Traits::TiledMmaSdP mma_sdp;
   typename Traits::TiledMmaDkv mma_dkv;
@@ -751,36 +794,36 @@ __global__ void __launch_bounds__(Traits::kThreadsTotal, 1) bwd_main_kernel(Main
   }
 
 
-  // Epilogue: dK (scaled) and dV straight from the accumulators.
-  Tensor cKV = make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{});
-  Tensor tcKV = thr_dkv.partition_C(cKV);
-  Element* dk_ptr = reinterpret_cast<Element*>(p.dk) + b * p.k_batch_stride + hk * p.k_head_stride +
-                    int64_t(j_min) * p.k_row_stride;
-  Element* dv_ptr = reinterpret_cast<Element*>(p.dv) + b * p.v_batch_stride + hk * p.v_head_stride +
-                    int64_t(j_min) * p.v_row_stride;
-  const float scale = p.softmax_scale;
-  CUTLASS_PRAGMA_UNROLL
-  for (int i = 0; i < size(tdKrdK) / 2; ++i) {
-    const int r = get<0>(tcKV(2 * i));
-    const int c = get<1>(tcKV(2 * i));
-    if (j_min + r < Sk) {
-      if (c < p.head_dim) {
-        Element kv[2] = {Element(tdKrdK(2 * i) * scale), Element(tdKrdK(2 * i + 1) * scale)};
-        *reinterpret_cast<uint32_t*>(dk_ptr + int64_t(r) * p.k_row_stride + c) =
-            *reinterpret_cast<const uint32_t*>(kv);
-      }
-      if (c < p.head_dim_v) {
-        Element vv[2] = {Element(tdVrdV(2 * i)), Element(tdVrdV(2 * i + 1))};
-        *reinterpret_cast<uint32_t*>(dv_ptr + int64_t(r) * p.v_row_stride + c) =
-            *reinterpret_cast<const uint32_t*>(vv);
-      }
-    }
+  // Epilogue: dK (scaled) and dV through the K and V tiles in smem (stmatrix), then one TMA
+  // store each. Both warpgroups must be past their last GEMM (K, V are GEMM operands); the dQ
+  // writer never reads K or V.
+  cutlass::arch::NamedBarrier::sync(kThreads, kBarEpilogue);
+  stage_acc_to_smem<Element>(mma_dkv, tdKrdK, sK, mt, p.softmax_scale);
+  stage_acc_to_smem<Element>(mma_dkv, tdVrdV, sV, mt);
+  cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> visible to TMA
+  cutlass::arch::NamedBarrier::sync(kThreads, kBarEpilogue);
+  if (mt == 0) {
+    Tensor mdK = ma.tma_dk.get_tma_tensor(make_shape(Sk, p.head_dim, p.heads_k, p.batch));
+    Tensor mdV = ma.tma_dv.get_tma_tensor(make_shape(Sk, p.head_dim_v, p.heads_k, p.batch));
+    Tensor gdK = local_tile(mdK(_, _, hk, b), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, _0{}));
+    Tensor gdV = local_tile(mdV(_, _, hk, b), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(n_block, _0{}));
+    auto tma_dk = ma.tma_dk.get_slice(_0{});
+    auto tma_dv = ma.tma_dv.get_slice(_0{});
+    copy(ma.tma_dk, tma_dk.partition_S(sK), tma_dk.partition_D(gdK));
+    copy(ma.tma_dv, tma_dv.partition_S(sV), tma_dv.partition_D(gdV));
+    tma_store_arrive();
+    tma_store_wait<0>();  // the CTA's smem must outlive the stores' reads
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Host launch for one (dtype, head dim)
 // ---------------------------------------------------------------------------------------------
+
+#ifndef JAX_FLASH3_BWD_LPT_SECTION_MB
+#define JAX_FLASH3_BWD_LPT_SECTION_MB 32
+#endif
+constexpr int kLptSectionMB = JAX_FLASH3_BWD_LPT_SECTION_MB;
 
 // One backward call with the main kernel of `Traits` (its query-block height fixes the workspace
 // layout and the dQ convert).
@@ -804,6 +847,17 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
   a.scale_log2 = p.softmax_scale * kLog2e;
   a.softcap_in = cap > 0.f ? p.softmax_scale / cap : 0.f;
   a.softcap_out = cap * kLog2e;
+  a.lpt_heads = 0;
+  a.lpt_reverse = 0;
+  if (!p.deterministic && (p.mask.window_left >= 0 || p.mask.window_right >= 0)) {
+    // Q, dO (16-bit) and the fp32 dQ accumulator of one KV head's query heads: ~8 bytes per
+    // element; a section keeps about kLptSectionMB of them in L2.
+    const int64_t per_hb = int64_t(p.heads_q / p.heads_k) * ws.seq_pad * kHeadDim * 8;
+    const int64_t hb = int64_t(p.heads_k) * p.batch;
+    a.lpt_heads = int(std::max<int64_t>(1, std::min<int64_t>(hb, (int64_t(kLptSectionMB) << 20) / per_hb)));
+    // Only a left limit: the last key blocks see the most query blocks.
+    a.lpt_reverse = p.mask.window_right < 0 ? 1 : 0;
+  }
 
   cudaError_t err = cudaSuccess;
   {
@@ -823,6 +877,12 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
                            make_layout(make_shape(seq, d, heads, p.batch), make_stride(rs, _1{}, hs, bs)));
         return t;
       };
+      using GTO = typename Traits::GmemTensorOut;
+      auto gview_out = [&](void* ptr, int seq, int d, int heads, int64_t rs, int64_t hs, int64_t bs) {
+        GTO t = make_tensor(make_gmem_ptr(static_cast<Element*>(ptr)),
+                            make_layout(make_shape(seq, d, heads, p.batch), make_stride(rs, _1{}, hs, bs)));
+        return t;
+      };
       MainArgs<Traits> ma{a,
                           make_tma_copy(SM90_TMA_LOAD{}, gview(p.q, p.seqlen_q, p.head_dim, p.heads_q, p.q_row_stride, p.q_head_stride, p.q_batch_stride),
                                         typename Traits::SmemLayoutQ1{}, Shape<Int<Traits::kBlockM>, Int<kHeadDim>>{}, _1{}),
@@ -831,6 +891,10 @@ cudaError_t launch_bwd_tile(const BwdParams& p, cudaStream_t stream) {
                           make_tma_copy(SM90_TMA_LOAD{}, gview(p.k, p.seqlen_k, p.head_dim, p.heads_k, p.k_row_stride, p.k_head_stride, p.k_batch_stride),
                                         typename Traits::SmemLayoutK{}, Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{}, _1{}),
                           make_tma_copy(SM90_TMA_LOAD{}, gview(p.v, p.seqlen_k, p.head_dim_v, p.heads_k, p.v_row_stride, p.v_head_stride, p.v_batch_stride),
+                                        typename Traits::SmemLayoutK{}, Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{}, _1{}),
+                          make_tma_copy(SM90_TMA_STORE{}, gview_out(p.dk, p.seqlen_k, p.head_dim, p.heads_k, p.k_row_stride, p.k_head_stride, p.k_batch_stride),
+                                        typename Traits::SmemLayoutK{}, Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{}, _1{}),
+                          make_tma_copy(SM90_TMA_STORE{}, gview_out(p.dv, p.seqlen_k, p.head_dim_v, p.heads_k, p.v_row_stride, p.v_head_stride, p.v_batch_stride),
                                         typename Traits::SmemLayoutK{}, Shape<Int<Traits::kBlockN>, Int<kHeadDim>>{}, _1{})};
       dim3 grid(a.n_blocks, p.heads_k, p.batch);
       kernel<<<grid, Traits::kThreadsTotal, smem, stream>>>(ma);

@@ -629,7 +629,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     Tensor sO = make_tensor(make_smem_ptr(o_smem), typename Traits::SmemLayoutO{});
     if (mma_tid == 0) tma_store_wait<0>();
     NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
-    stage_o_to_smem<OutElement>(mma_pv, tOrO, sO, mma_tid);
+    stage_acc_to_smem<OutElement>(mma_pv, tOrO, sO, mma_tid);
     cutlass::arch::fence_view_async_shared();
     NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
     if (mma_tid == 0) {

@@ -43,6 +43,7 @@
 #include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
 
+#include "kernels/hopper/acc_store.h"
 #include "kernels/hopper/fwd_sm90.h"
 #include "kernels/params.h"
 
@@ -239,18 +240,6 @@ CUTE_DEVICE void wgmma_issue(TiledMma& mma, TA& tA, TB const& tB, TC& tC) {
   if constexpr (kARegs) warpgroup_fence_operand(tA);
 }
 
-template <typename Element>
-CUTE_DEVICE uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  if constexpr (cute::is_same_v<Element, cutlass::bfloat16_t>) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    r = reinterpret_cast<uint32_t&>(v);
-  } else {
-    __half2 v = __floats2half2_rn(lo, hi);
-    r = reinterpret_cast<uint32_t&>(v);
-  }
-  return r;
-}
 
 CUTE_DEVICE float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -379,20 +368,6 @@ struct TileMask {
     }
   }
 };
-
-// O (f32 accumulator of mma_pv) -> OutElement pairs -> sO through stmatrix.
-template <class OutElement, class TiledMma, class TO, class SO>
-CUTE_DEVICE void stage_o_to_smem(TiledMma const& mma_pv, TO const& tOrO, SO& sO, int mma_tid) {
-  Tensor rO = make_tensor_like<OutElement>(tOrO);
-  Tensor rO32 = recast<uint32_t>(rO);
-  CUTE_UNROLL
-  for (int i = 0; i < size(rO32); ++i) rO32(i) = pack2<OutElement>(tOrO(2 * i), tOrO(2 * i + 1));
-  auto smem_copy_o = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, OutElement>{}, mma_pv);
-  auto thr_copy_o = smem_copy_o.get_thread_slice(mma_tid);
-  Tensor tOrO_s = thr_copy_o.retile_S(rO);
-  Tensor tOsO = thr_copy_o.partition_D(sO);
-  copy(smem_copy_o, tOrO_s, tOsO);
-}
 
 // One thread: the TMA store of the tile's O from sO (the caller commits and waits).
 template <int kBlockM, int kHeadDim, class Params, class SO>
@@ -714,7 +689,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
     }
     // (Aliased sO = sQ: this warpgroup's last QK^T, the only reader of its 64 rows of sQ, is done.)
-    stage_o_to_smem<Element>(mma_pv, tOrO, sO, mma_tid);
+    stage_acc_to_smem<Element>(mma_pv, tOrO, sO, mma_tid);
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> visible to TMA
     NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
     if (mma_tid == 0) {

@@ -443,6 +443,10 @@ int main(int argc, char** argv) {
       // No mask, no softcap (hdim 128 runs 80-row query blocks): Sq not a multiple of 80, GQA, dlse.
       check({1, 1000, 517, 4, 2, D, false, -1, -1, 0.f, false, true}, sms, seed++);
       check({2, 161, 300, 2, 2, D, false, -1, -1, 0.f, false, false}, sms, seed++);
+      // Only a left window limit (the longest-first order walks the key blocks from the end).
+      check({2, 1000, 1500, 2, 1, D, false, 200, -1, 0.f, false, false}, sms, seed++);
+      // Causal with (batch, KV head) pairs in two L2 sections of 2 and 1 (hdim 128: 16 MB each).
+      if (D == 128) check({3, 4096, 4096, 4, 1, D, true, -1, -1, 0.f, false, false}, sms, seed++);
     }
     printf("check failures: %d\n", g_fail);
   }
