@@ -341,8 +341,11 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(BwdArgs a) {
 
 // ---------------------------------------------------------------------------------------------
 // dQ convert: dq = dq_accum * softmax_scale, to the input dtype. The accumulator tiles are in
-// fragment order: one CTA per (query block, head, batch), thread t reads the float4s it (as a main-kernel thread) wrote and knows their (row, col)
-// from the same dQ TiledMma partition.
+// fragment order: one CTA per (query block, head, batch); thread t reads the float4s it (as a
+// main-kernel thread) wrote and knows their (row, col) from the same dQ TiledMma partition. The
+// converted tile is assembled in smem and leaves as 16-byte row stores (8 elements of a row):
+// straight from the fragments, stores are 4 bytes wide (2 bytes for the transposed 80-row tiles,
+// whose adjacent values are adjacent queries).
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads) bwd_convert_dq_frag_kernel(BwdArgs a) {
   using Element = typename Traits::Element;
@@ -357,46 +360,37 @@ __global__ void __launch_bounds__(Traits::kThreads) bwd_convert_dq_frag_kernel(B
   const float* tile = a.dq_accum + ((int64_t(b) * p.heads_q + h) * a.seq_pad + int64_t(m) * kBlockM) * kHeadDim;
   Element* dq = reinterpret_cast<Element*>(p.dq) + b * p.q_batch_stride + h * p.q_head_stride;
   const float scale = p.softmax_scale;
-  if constexpr (Traits::kDqSwapAB) {
-    // (d, query) fragments: adjacent values are adjacent queries. Transpose through smem so the
-    // rows leave as 16-byte stores (8 elements of one query row).
-    constexpr int kPitch = kHeadDim + 8;  // elements; rows 16-byte aligned, the 4 query rows a
-                                          // store instruction touches land in different banks
-    __shared__ alignas(16) Element tile_s[kBlockM * kPitch];
-    CUTLASS_PRAGMA_UNROLL
-    for (int v4 = 0; v4 < kVals / 4; ++v4) {
-      const float4 x = *reinterpret_cast<const float4*>(tile + (int64_t(v4) * kThreads + tid) * 4);
-      const float xs[4] = {x.x, x.y, x.z, x.w};
+  // Row pitch in elements: rows stay 16-byte aligned, and the 8 rows (or 4 query rows when
+  // transposed) one fragment store instruction touches fall in different banks.
+  constexpr int kPitch = kHeadDim + 8;
+  __shared__ alignas(16) Element tile_s[kBlockM * kPitch];
+  CUTLASS_PRAGMA_UNROLL
+  for (int v4 = 0; v4 < kVals / 4; ++v4) {
+    const float4 x = *reinterpret_cast<const float4*>(tile + (int64_t(v4) * kThreads + tid) * 4);
+    const float xs[4] = {x.x, x.y, x.z, x.w};
+    if constexpr (Traits::kDqSwapAB) {
       CUTLASS_PRAGMA_UNROLL
       for (int e = 0; e < 4; ++e) {
-        const auto c = tdQcdQ(v4 * 4 + e);
+        const auto c = tdQcdQ(v4 * 4 + e);  // (d, query)
         tile_s[get<1>(c) * kPitch + get<0>(c)] = Element(xs[e] * scale);
       }
-    }
-    __syncthreads();
-    constexpr int kChunks = kBlockM * kHeadDim / 8;
-    for (int i = tid; i < kChunks; i += kThreads) {
-      const int r = i / (kHeadDim / 8), c8 = (i % (kHeadDim / 8)) * 8;
-      const int row = m * kBlockM + r;
-      if (row < p.seqlen_q && c8 < p.head_dim) {
-        *reinterpret_cast<uint4*>(dq + int64_t(row) * p.q_row_stride + c8) =
-            *reinterpret_cast<const uint4*>(&tile_s[r * kPitch + c8]);
-      }
-    }
-  } else {
-    CUTLASS_PRAGMA_UNROLL
-    for (int v4 = 0; v4 < kVals / 4; ++v4) {
-      const float4 x = *reinterpret_cast<const float4*>(tile + (int64_t(v4) * kThreads + tid) * 4);
-      const float xs[4] = {x.x, x.y, x.z, x.w};
+    } else {
       CUTLASS_PRAGMA_UNROLL
       for (int e = 0; e < 4; e += 2) {
-        const int row = m * kBlockM + get<0>(tdQcdQ(v4 * 4 + e));
-        const int col = get<1>(tdQcdQ(v4 * 4 + e));
-        if (row < p.seqlen_q && col < p.head_dim) {
-          Element pair[2] = {Element(xs[e] * scale), Element(xs[e + 1] * scale)};
-          *reinterpret_cast<uint32_t*>(dq + int64_t(row) * p.q_row_stride + col) = *reinterpret_cast<const uint32_t*>(pair);
-        }
+        const auto c = tdQcdQ(v4 * 4 + e);  // (query, d), d and d + 1
+        *reinterpret_cast<uint32_t*>(&tile_s[get<0>(c) * kPitch + get<1>(c)]) =
+            pack2<Element>(xs[e] * scale, xs[e + 1] * scale);
       }
+    }
+  }
+  __syncthreads();
+  constexpr int kChunks = kBlockM * kHeadDim / 8;
+  for (int i = tid; i < kChunks; i += kThreads) {
+    const int r = i / (kHeadDim / 8), c8 = (i % (kHeadDim / 8)) * 8;
+    const int row = m * kBlockM + r;
+    if (row < p.seqlen_q && c8 < p.head_dim) {  // head_dim is a multiple of 8
+      *reinterpret_cast<uint4*>(dq + int64_t(row) * p.q_row_stride + c8) =
+          *reinterpret_cast<const uint4*>(&tile_s[r * kPitch + c8]);
     }
   }
 }
