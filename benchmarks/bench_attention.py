@@ -17,7 +17,8 @@ With ``--fa3jax`` the peer ``flash_attn3_jax.flash_mha`` (wheel from
 With ``--fp8`` two forward-only columns join (same FLOP formula): ``fp8`` runs float8_e4m3fn
 inputs quantized beforehand (per-128-row block scales for q/k, per-head for v: the kernel alone),
 ``fp8q`` runs ``precision="fp8"`` on the bf16 inputs (Hadamard rotation + quantization inside the
-timed call, as a model would).
+timed call, as a model would; at head dims <= 64 that includes the second e4m3 term of q and v,
+so the kernel runs at twice the head dim while the FLOP formula keeps the real one).
 """
 
 from __future__ import annotations

@@ -7,7 +7,12 @@ generated in float32. Variants, all through ``jax_flash3.flash_attention``:
 * ``fp8-tensor``: naive FP8, one scale per tensor, no rotation;
 * ``fp8-block``: per-128-row block scales for q/k, per-head for v, no rotation;
 * ``fp8-tensor+hadamard`` and ``fp8-block+hadamard``: the same after the random-sign Hadamard
-  rotation of q and k (the default of ``precision="fp8"``).
+  rotation of q and k;
+* ``fp8-block+hadamard+residual`` (head dims <= 128): also the rounding residuals of q and v as a
+  second e4m3 term (``fp8.attention(residual=True)``: the kernel runs at twice the head dim).
+
+All FP8 variants but the last pass ``residual=False``. ``precision="fp8"``'s default is
+``fp8-block+hadamard`` above head dim 64 and ``fp8-block+hadamard+residual`` up to 64.
 
 RMSE = sqrt(mean((out - oracle)^2)) over every output element; the oracle is numpy float64 on the
 float32 inputs. Target: fp8-block+hadamard <= 1.0e-2. On a machine without the Hopper kernels the
@@ -61,8 +66,11 @@ def variants(q, k, v, causal, implementation):
         for hadamard in (False, True):
             name = f"fp8-{granularity}" + ("+hadamard" if hadamard else "")
             fn = jax.jit(lambda q, k, v, g=granularity, h=hadamard: fp8.attention(
-                q, k, v, granularity=g, hadamard=h, **kw))
+                q, k, v, granularity=g, hadamard=h, residual=False, **kw))
             yield name, fn(q32, k32, v32)
+    if q.shape[-1] <= 128:
+        fn = jax.jit(lambda q, k, v: fp8.attention(q, k, v, residual=True, **kw))
+        yield "fp8-block+hadamard+residual", fn(q32, k32, v32)
 
 
 def main(argv=None):

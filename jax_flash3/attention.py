@@ -262,9 +262,11 @@ def flash_attention(
         ``UnsupportedError`` saying why it cannot run) or ``"reference"``.
       precision: ``None``/``"default"`` computes in the inputs' dtype; ``"fp8"`` quantizes
         bfloat16/float16/float32 inputs to float8_e4m3fn inside the call (q and k per block of 128
-        rows after a random-sign Hadamard rotation, v per head) and runs the FP8 forward kernel;
-        its gradient is ordinary attention's at the unquantized inputs, from the backward kernel
-        of the inputs' precision. ``jax_flash3.fp8.attention`` exposes the knobs.
+        rows after a random-sign Hadamard rotation, v per head; at head dims <= 64 q and v also
+        get a second e4m3 term for their rounding residual, which doubles the kernel's FLOPs)
+        and runs the FP8 forward kernel; its gradient is ordinary attention's at the unquantized
+        inputs, from the backward kernel of the inputs' precision. ``jax_flash3.fp8.attention``
+        exposes the knobs.
       q_descale, k_descale, v_descale: for float8_e4m3fn q/k/v only: float32 factors that turn
         the stored values into real ones (``q = q8 * q_descale``). Shapes: ``()``, per (batch,
         head) ``(B, H)``, or for q and k per block of 128 rows ``(B, H, ceil(S/128))``; v per

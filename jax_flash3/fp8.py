@@ -8,11 +8,13 @@ Two ways in:
 * **Quantize inside ``jit``.** ``flash_attention(q, k, v, precision="fp8")`` (or
   :func:`attention` for the knobs) on bfloat16/float16/float32 inputs: q and k get a random-sign
   Hadamard rotation along the head dim (it leaves ``q @ k.T`` unchanged and spreads outliers over
-  the row), then q and k are quantized per block of 128 rows and v per (batch, head); the FP8
-  kernel runs the forward (the rotation matters most when a few head-dim channels of q and k
-  carry large values, as in LLM activations; `benchmarks/fp8_accuracy.py` measures it). **Training:** the gradient is that of ordinary attention at the
-  *unquantized* inputs, computed by the bf16/fp16 backward kernel from the FP8 forward's output
-  and log-sum-exp (a straight-through estimator for the quantization).
+  the row), then q and k are quantized per block of 128 rows and v per (batch, head) (at head
+  dims <= 64 q and v also keep their rounding residual as a second e4m3 term: ``residual`` in
+  :func:`attention`); the FP8 kernel runs the forward (the rotation matters most when a few
+  head-dim channels of q and k carry large values, as in LLM activations;
+  `benchmarks/fp8_accuracy.py` measures it). **Training:** the gradient is that of ordinary
+  attention at the *unquantized* inputs, computed by the bf16/fp16 backward kernel from the FP8
+  forward's output and log-sum-exp (a straight-through estimator for the quantization).
 
 Descale shapes (``B`` batch, ``Hq``/``Hk`` query/KV heads, ``nq = ceil(Sq / 128)``,
 ``nk = ceil(Sk / 128)``; ``SCALE_BLOCK = 128`` rows per block scale):
@@ -405,12 +407,31 @@ def _rotate_for_fp8(x, signs):
     return jnp.matmul(xs, ones, preferred_element_type=jnp.bfloat16)
 
 
-def _quantize_qkv(q, k, v, signs, granularity: str):
+def _residual_e4m3(x, x8, descale):
+    """The rounding residual of ``x8 = quantize(x)`` as a second e4m3 term at the same scale:
+    ``x ≈ (x8 + lo) * descale``. The residual is at most half an e4m3 step of each element (1/16
+    of it), far inside e4m3's range at this scale; non-finite inputs stay NaN."""
+    s, h = x.shape[1], x.shape[2]
+    # The barrier keeps x8 an e4m3 array: with XLA's default excess precision the GPU compiler
+    # otherwise folds f32 -> e4m3 -> f32 into the identity, and the residual becomes 0.
+    x8 = lax.optimization_barrier(x8)
+    r = x.astype(_F32) / _broadcast_rows(descale, s, h) - x8.astype(_F32)
+    return jnp.where(jnp.isfinite(r), jnp.clip(r, -E4M3_MAX, E4M3_MAX), jnp.nan).astype(E4M3)
+
+
+def _quantize_qkv(q, k, v, signs, granularity: str, residual: bool = False):
     if signs is not None:
         q, k = _rotate_for_fp8(q, signs), _rotate_for_fp8(k, signs)
     q8, qd = quantize(q, granularity=granularity)
     k8, kd = quantize(k, granularity=granularity)
     v8, vd = quantize(v, granularity="tensor" if granularity == "tensor" else "head")
+    if residual:
+        # Two e4m3 terms for q and v, one for k, at twice the head dim: [q8, q_lo] . [k8, k8] is
+        # (q8 + q_lo) . k8 and P [v8, v_lo] holds P v8 and P v_lo side by side (_fp8_forward adds
+        # the halves).
+        q8 = jnp.concatenate([q8, _residual_e4m3(q, q8, qd)], axis=-1)
+        k8 = jnp.concatenate([k8, k8], axis=-1)
+        v8 = jnp.concatenate([v8, _residual_e4m3(v, v8, vd)], axis=-1)
     # quantize's scales are positive and well-shaped by construction: broadcast them to the
     # kernel's shapes without normalize_descales' checks (whose value check reads eager arrays
     # back to the host on every call).
@@ -424,22 +445,25 @@ def _quantize_qkv(q, k, v, signs, granularity: str):
     return q8, k8, v8, qd, kd, vd
 
 
-def _fp8_forward(q, k, v, signs, cfg_fp8, granularity):
-    out, lse = partitioned_forward(*_quantize_qkv(q, k, v, signs, granularity), cfg_fp8)
+def _fp8_forward(q, k, v, signs, cfg_fp8, granularity, residual):
+    out, lse = partitioned_forward(*_quantize_qkv(q, k, v, signs, granularity, residual), cfg_fp8)
+    if residual:
+        d = v.shape[-1]
+        out = out[..., :d].astype(_F32) + out[..., d:].astype(_F32)
     return out.astype(q.dtype), lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _fp8_attention(q, k, v, signs, cfg_fp8, cfg, granularity):
-    return _fp8_forward(q, k, v, signs, cfg_fp8, granularity)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _fp8_attention(q, k, v, signs, cfg_fp8, cfg, granularity, residual):
+    return _fp8_forward(q, k, v, signs, cfg_fp8, granularity, residual)
 
 
-def _fp8_attention_fwd(q, k, v, signs, cfg_fp8, cfg, granularity):
-    out, lse = _fp8_forward(q, k, v, signs, cfg_fp8, granularity)
+def _fp8_attention_fwd(q, k, v, signs, cfg_fp8, cfg, granularity, residual):
+    out, lse = _fp8_forward(q, k, v, signs, cfg_fp8, granularity, residual)
     return (out, lse), (q, k, v, signs, out, lse)
 
 
-def _fp8_attention_bwd(cfg_fp8, cfg, granularity, residuals, cotangents):
+def _fp8_attention_bwd(cfg_fp8, cfg, granularity, residual, residuals, cotangents):
     q, k, v, signs, out, lse = residuals
     dout, dlse = cotangents
     dq, dk, dv = _sharding.bwd(q, k, v, out, lse, dout, dlse, cfg)
@@ -449,6 +473,8 @@ def _fp8_attention_bwd(cfg_fp8, cfg, granularity, residuals, cotangents):
 _fp8_attention.defvjp(_fp8_attention_fwd, _fp8_attention_bwd)
 
 _DEFAULT_SEED = 0x5EED
+# attention(residual=None) turns the second q/v term on up to this head dim.
+RESIDUAL_AUTO_MAX_HEAD_DIM = 64
 
 
 def attention(
@@ -466,6 +492,7 @@ def attention(
     granularity: str = "block",
     hadamard: bool = True,
     hadamard_key=None,
+    residual: bool | None = None,
 ):
     """Attention with an FP8 forward on bfloat16/float16/float32 inputs, quantized inside ``jit``.
 
@@ -479,6 +506,13 @@ def attention(
       hadamard: rotate q and k by a random-sign Hadamard matrix before quantizing (incoherent
         processing: ``q @ k.T`` is unchanged, outliers are spread).
       hadamard_key: PRNG key for the signs; default a fixed key, so results are reproducible.
+      residual: also quantize the rounding residuals of q and v as a second e4m3 term each (at
+        the same scales) and run the FP8 kernel at twice the head dim, on ``[q8, q_lo]`` and
+        ``[k8, k8]`` (so QK^T sees ``q8 + q_lo``) and on ``[v8, v_lo]`` (the two output halves are
+        added): twice the FLOPs, and most of q's and v's rounding error gone. ``None`` (default):
+        on for head dims <= 64, where one term misses RMSE 1e-2 on outlier inputs
+        (``benchmarks/fp8_accuracy.py``; RESULTS.md has the numbers), off above. Needs a head
+        dim <= 128 (the kernel's 256 at most).
 
     Differentiable: the gradient is ordinary attention's at the unquantized inputs, from the
     backward kernel of the inputs' precision (see the module docstring).
@@ -496,6 +530,8 @@ def attention(
         raise TypeError(f"hadamard must be a bool, got {type(hadamard).__name__}")
     if not isinstance(return_lse, (bool, jnp.bool_)):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    if residual is not None and not isinstance(residual, (bool, jnp.bool_)):
+        raise TypeError(f"residual must be None or a bool, got {type(residual).__name__}")
     kwargs = dict(causal=causal, softmax_scale=softmax_scale, window=window, softcap=softcap,
                   deterministic=deterministic, implementation=implementation)
     cfg_fp8 = _api.make_config(q, k, v, fp8=True, **kwargs)
@@ -503,9 +539,16 @@ def attention(
         # float32 inputs: the FP8 forward runs the kernel; the backward can only be the reference.
         kwargs["implementation"] = "auto"
     cfg = _api.make_config(q, k, v, **kwargs)
+    d = q.shape[-1]
+    residual = d <= RESIDUAL_AUTO_MAX_HEAD_DIM if residual is None else bool(residual)
+    if residual and (d > 128 or v.shape[-1] != d):
+        raise ValueError(
+            "residual=True runs the FP8 kernel at twice the head dim, so it needs q/k/v head dims "
+            f"equal and <= 128; got {d} and {v.shape[-1]}"
+        )
     signs = None
     if hadamard:
         key = jax.random.key(_DEFAULT_SEED) if hadamard_key is None else hadamard_key
         signs = random_signs(key, q.shape[-1])
-    out, lse = _fp8_attention(q, k, v, signs, cfg_fp8, cfg, granularity)
+    out, lse = _fp8_attention(q, k, v, signs, cfg_fp8, cfg, granularity, residual)
     return (out, lse) if return_lse else out

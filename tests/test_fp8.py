@@ -637,7 +637,8 @@ def test_fp8_inputs_match_oracle_of_dequantized(case, layouts):
 
 def test_quantize_then_flash_attention_equals_fp8_attention():
     """The documented manual flow (quantize q/k per block, v per head) is exactly what
-    precision="fp8" does without the rotation; and precision="fp8" is fp8.attention."""
+    precision="fp8" does without the rotation and the residual term; and precision="fp8" is
+    fp8.attention."""
     case = _DS_CASE
     q, k, v = make_inputs(case, jnp.float32, seed_of("manual"))[:3]
 
@@ -649,7 +650,7 @@ def test_quantize_then_flash_attention_equals_fp8_attention():
         return flash_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
 
     man = manual(q, k, v)
-    auto = jax.jit(functools.partial(fp8.attention, hadamard=False))(q, k, v)
+    auto = jax.jit(functools.partial(fp8.attention, hadamard=False, residual=False))(q, k, v)
     assert auto.dtype == jnp.float32 and man.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(auto), np.asarray(man, np.float32))
     a, la = jax.jit(functools.partial(flash_attention, precision="fp8", return_lse=True))(q, k, v)
@@ -1227,3 +1228,101 @@ def test_gpu_precision_fp8_matches_cpu_path(case):
         assert _rms(e) / _rms(w) <= FP8_GRAD_RMS_TOL, name
         assert np.abs(e).max() / np.abs(w).max() <= FP8_GRAD_MAX_TOL, name
         assert _rms(to_f64(g) - to_f64(c)) <= FP8_GRAD_RMS_TOL * _rms(to_f64(c)), name
+
+
+# --------------------------------------------------------------------------------------------
+# The second e4m3 term of q and v (fp8.attention(residual=...)) and the accuracy bound of the
+# FP8 issue: q, k, v ~ N(0, 1) + N(0, 100) * Bernoulli(0.001), RMSE vs the float64 oracle <= 1e-2
+# with block scales and the Hadamard rotation (the defaults).
+
+ISSUE_RMSE = 1.0e-2
+
+
+def _outlier_inputs(seed, shape):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(3):
+        x = rng.standard_normal(shape)
+        x += rng.normal(0.0, 10.0, shape) * (rng.random(shape) < 0.001)
+        out.append(x.astype(np.float32))
+    return out
+
+
+def _abs_rmse(out, ref) -> float:
+    a = to_f64(out)
+    assert_finite("out", a)
+    return _rms(a - ref)
+
+
+def test_residual_default_by_head_dim_and_bad_values():
+    """residual=None is residual=True up to head dim 64 and False above (bitwise the same call);
+    bad values and head dims it cannot double are refused naming the argument."""
+    for d, on in ((32, True), (64, True), (128, False)):
+        case = Case(b=1, sq=130, sk=70, hq=2, hk=1, d=d, causal=True)
+        q, k, v = make_inputs(case, jnp.bfloat16, seed_of("residual-default", d))[:3]
+        def f(**kw):
+            fn = jax.jit(functools.partial(fp8.attention, causal=True, **kw))
+            return np.asarray(fn(q, k, v), np.float32)
+
+        default = f()
+        np.testing.assert_array_equal(default, f(residual=on))
+        assert not np.array_equal(default, f(residual=not on)), d
+        via_api = jax.jit(functools.partial(flash_attention, causal=True, precision="fp8"))
+        np.testing.assert_array_equal(default, np.asarray(via_api(q, k, v), np.float32))
+    q, k, v = make_inputs(Case(b=1, sq=8, sk=8, hq=2, hk=1, d=256), jnp.bfloat16, 0)[:3]
+    with pytest.raises(ValueError, match=r"residual=True .* <= 128; got 256"):
+        fp8.attention(q, k, v, residual=True)
+    fp8.attention(q, k, v, residual=False)  # fine
+    with pytest.raises(TypeError, match=r"residual must be None or a bool"):
+        fp8.attention(q, k, v, residual="yes")
+
+
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_residual_term_cuts_the_error_on_outliers(d):
+    """The second term of q and v removes their rounding error: on the issue's outlier inputs the
+    output RMSE drops (measured at d64: 1.3-1.7x over 4 seeds at S 512); both stay within the FP8
+    tolerance. Gradients are unaffected (the backward never sees the quantization)."""
+    q, k, v = _outlier_inputs(seed_of("residual-err", d), (1, 512, 2, d))
+    ref = oracle(q, k, v).out
+    errs = {}
+    for res in (False, True):
+        out = jax.jit(functools.partial(fp8.attention, residual=res))(q, k, v)
+        assert out.shape == q.shape and out.dtype == jnp.float32
+        errs[res] = _abs_rmse(out, ref)
+        assert errs[res] <= FP8_RMS_TOL * _rms(ref), (res, errs)
+    print(d, errs)
+    assert errs[True] * 1.2 <= errs[False], errs
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_issue_accuracy_bound_on_outliers(d):
+    """The issue's accuracy target on the CPU path (input quantization only; the GPU test below
+    adds the kernel's P rounding): precision="fp8" with its defaults (block scales, Hadamard, the
+    residual term at d <= 64), B 1, S 2048, 4 heads, mean RMSE over 2 seeds <= 1e-2. Measured
+    (3 seeds): d64 7.5e-3..9.7e-3, d128 7.2e-3..7.9e-3, d256 5.9e-3..6.5e-3; one term at d64:
+    ~1.4e-2."""
+    errs = []
+    for seed in range(2):
+        q, k, v = _outlier_inputs(seed_of("issue-acc", d, seed), (1, 2048, 4, d))
+        ref = oracle(q, k, v).out
+        out = jax.jit(functools.partial(flash_attention, precision="fp8"))(q, k, v)
+        errs.append(_abs_rmse(out, ref))
+    print(d, errs)
+    assert np.mean(errs) <= ISSUE_RMSE, errs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_gpu_issue_accuracy_bound_on_outliers(d):
+    """The same bound through the FP8 kernel (which also rounds P to e4m3), inputs on the GPU."""
+    errs = []
+    for seed in range(2):
+        q, k, v = _outlier_inputs(seed_of("issue-acc", d, seed), (1, 2048, 4, d))
+        ref = oracle(q, k, v).out
+        qg, kg, vg = (jnp.asarray(x) for x in (q, k, v))
+        fn = functools.partial(flash_attention, precision="fp8", implementation="cuda")
+        out = jax.jit(fn)(qg, kg, vg)
+        assert all(dev.platform == "gpu" for dev in out.devices())
+        errs.append(_abs_rmse(out, ref))
+    print(d, errs)
+    assert np.mean(errs) <= ISSUE_RMSE, errs
