@@ -15,8 +15,9 @@
 //   * Descales: kBlockN == 128 keys, so a K block has one k_descale; q_descale is per row. Their
 //     product times softmax_scale * log2(e) is each row's log2 scale for the block (with softcap,
 //     the multiplier inside tanh). v_descale folds into the final 1 / rowsum.
-//   * P is scaled by 2^8 (the running max is offset by 8) so it spans [0, 256] and uses more of
-//     e4m3's range; the offset cancels in O and is accounted for in LSE.
+//   * P is scaled by 2^5 (the running max is offset by 5), and the running max may lag a block's
+//     by up to 3 (rescale_o), so P spans [0, 256] and uses more of e4m3's range; the offset
+//     cancels in O and is accounted for in LSE.
 //   * O is bfloat16: through its own smem buffer and a TMA store where shared memory allows
 //     (d <= 128), with direct 32-bit stores from registers at d 256.
 #pragma once
@@ -178,6 +179,22 @@ template <> struct Fp8FwdConfig<128> {
 template <> struct Fp8FwdConfig<256> {
   using Traits = Fp8FwdTraits<256, 128, 128, 2>;
   using TraitsPrepass = Fp8FwdTraits<256, 128, 128, 2, false>;
+};
+
+// Max of a row's kN scores as a pairwise tree: depth log2(kN) instead of one kN-long FMNMX chain
+// (+1-2% at head dim 128, 1k-16k tokens, H200; the bf16 kernel measured 1-2% slower with it).
+// Template recursion keeps every index a compile-time constant (a runtime-bounded loop put the
+// array in local memory).
+template <int kN>
+struct MaxTree {
+  static constexpr int kW = kN / 2;
+  template <class A>
+  CUTE_DEVICE static void fold(A& m) {
+    CUTE_UNROLL
+    for (int j = 0; j < kW; ++j) m[j] = fmaxf(m[j], m[j + kW]);
+    if constexpr (kN % 2) m[0] = fmaxf(m[0], m[kN - 1]);
+    if constexpr (kW > 1) MaxTree<kW>::fold(m);
+  }
 };
 
 // Four floats -> four e4m3 bytes of one register, a in the lowest byte (round to nearest,
@@ -463,7 +480,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   // Running max of the log2-scaled logits (-inf: nothing visible yet), row sums relative to
   // (running max - kMaxOffset), O rescale factors, per-row q multipliers.
   float row_max[kRows], row_sum[kRows], row_scale[kRows], row_mult[kRows];
-  constexpr float kMaxOffset = 8.f;
+  // P = exp2(score - (max - kMaxOffset)) <= 2^(kMaxOffset + kRescaleSlack) = 256 (e4m3 max 448)
+  // with the stale max the slack allows (rescale_o in fwd_sm90_kernel.h).
+  constexpr float kMaxOffset = 5.f;
+  constexpr float kRescaleSlack = 3.f;
 
   int k_stage = 0, v_stage = 0;
   uint32_t k_phase = 0, v_phase = 0;
@@ -521,14 +541,21 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       if (mask.block_needs_mask(n)) mask.apply(S, cS, n);
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
-        float mx = -INFINITY;
+        float m[kCols];
         CUTE_UNROLL
-        for (int j = 0; j < kCols; ++j) mx = fmaxf(mx, S(i, j));
-        mx = quad_max(mx);
-        const float new_max = fmaxf(row_max[i], mx == -INFINITY ? -INFINITY : mx * row_c[i]);
+        for (int j = 0; j < kCols; ++j) m[j] = S(i, j);
+        MaxTree<kCols>::fold(m);
+        // (fmaxf from -inf: an all-NaN row gives -inf, as the chain did)
+        const float mx = quad_max(fmaxf(-INFINITY, m[0]));
+        const float block_max = mx == -INFINITY ? -INFINITY : mx * row_c[i];
+        // The running max moves only when this block's exceeds it by more than the slack (a row
+        // with nothing visible yet: -inf > -inf + slack is false, it stays -inf).
+        const bool grow = first || block_max > row_max[i] + kRescaleSlack;
+        const float new_max = grow ? fmaxf(row_max[i], block_max) : row_max[i];
         // Nothing visible yet: subtract 0 so exp2 sees -inf, not NaN.
         const float sub = new_max == -INFINITY ? 0.f : new_max - kMaxOffset;
-        row_scale[i] = first ? 1.f : exp2f(row_max[i] - (new_max == -INFINITY ? 0.f : new_max));
+        row_scale[i] =
+            grow && !first ? exp2f(row_max[i] - (new_max == -INFINITY ? 0.f : new_max)) : 1.f;
         row_max[i] = new_max;
         float sum = 0.f;
         CUTE_UNROLL
@@ -586,16 +613,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       release(&ss.bar.k_empty[k_stage]);
       if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
       softmax_step(order(j), kd, false);
+      // (No softmax_before_wait here: the PV wait hoisted above the softmax measured 8% faster
+      // at head dim 128 than the overlapped order; see fwd_sm90_kernel.h.)
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       warpgroup_fence_operand(tOrP);
       release(&ss.bar.v_empty[v_stage]);
       if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
-      CUTE_UNROLL
-      for (int i = 0; i < kRows; ++i) {
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(O); ++c) O(i, c) *= row_scale[i];
-      }
+      rescale_o(O, row_scale);
       convert_p();
     }
 

@@ -90,6 +90,9 @@ struct FwdTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
   static constexpr int kNumMmaWG = kBlockM / 64;
+  // Pin each block's softmax before the wait for the PV GEMM (softmax_before_wait): measured
+  // +2-7% at head dim 128 (H200, harness, 1k-8k tokens), neutral at 64, -3-5% at 256 (1k-4k).
+  static constexpr bool kSoftmaxBeforeWait = kHeadDim_ <= 128;
   static constexpr int kNumMmaThreads = kNumMmaWG * 128;
   static constexpr int kNumThreads = kNumMmaThreads + 128;
   static_assert(kBlockM % 64 == 0 && (kNumMmaWG == 2 || kNumMmaWG == 3));
@@ -143,6 +146,7 @@ struct FwdTraits {
     // Dynamic scheduler: the producer publishes each next tile index through a 2-slot ring.
     uint64_t sched_full[2], sched_empty[2];
     int sched_tile[2];
+    float softmax_sink;  // softmax_before_wait's slot (never read)
   };
   // 1024 B alignment: the period of the 128 B swizzle, which TMA and WGMMA both assume.
   struct StorageAliasO {  // sO is sQ: Q is dead after the tile's last QK^T
@@ -240,6 +244,47 @@ CUTE_DEVICE void wgmma_issue(TiledMma& mma, TA& tA, TB const& tB, TC& tC) {
   if constexpr (kARegs) warpgroup_fence_operand(tA);
 }
 
+
+// Keeps this thread's softmax before the PV GEMM's wgmma.wait_group that follows it in the
+// source. ptxas schedules that wait like an instruction without inputs and hoists it to the top
+// of its basic block, i.e. above the softmax, which then ran only after the PV GEMM had finished
+// (no intra-warpgroup overlap; seen in the SASS of both forward kernels). Whether the overlap
+// pays depends on the kernel: FwdTraits::kSoftmaxBeforeWait says where it is used; the FP8
+// kernel does not use it (8% slower at head dim 128; likely because the two consumer warpgroups'
+// softmaxes then compete for the same SFUs instead of alternating). The wait does not pass
+// a shared-memory store, so a store of a value the softmax computes last pins it below. The
+// store's predicate (the sum of the row sums is NaN) is false for finite inputs; when true it
+// writes a slot nothing reads (`sink`). Cost: kRows - 1 FADDs, one FSETP and one predicated STS
+// per block.
+template <int kRows>
+CUTE_DEVICE void softmax_before_wait(const float (&row_sum)[kRows], float* sink) {
+  float x = row_sum[0];
+  CUTE_UNROLL
+  for (int i = 1; i < kRows; ++i) x += row_sum[i];
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tsetp.neu.f32 p, %1, %1;\n\t@p st.shared.f32 [%0], %1;\n\t}\n"
+      ::"r"(uint32_t(__cvta_generic_to_shared(sink))), "f"(x) : "memory");
+}
+
+// The online softmax keeps a row's running max unless a block's max exceeds it by more than
+// this many log2 units (exp2 of the scores then reach 2^kRescaleSlack instead of 1), so most
+// blocks after the first few leave O and the row sum unscaled; a warp skips the O rescale when
+// none of its rows moved its max.
+constexpr float kRescaleSlackBf16 = 8.f;
+
+// O(i, :) *= row_scale[i], skipped by the whole warp when no row's scale moved from 1.
+template <int kRows, class TensorO>
+CUTE_DEVICE void rescale_o(TensorO& O, const float (&row_scale)[kRows]) {
+  bool moved = false;
+  CUTE_UNROLL
+  for (int i = 0; i < kRows; ++i) moved |= row_scale[i] != 1.f;
+  if (!__any_sync(0xffffffffu, moved)) return;
+  CUTE_UNROLL
+  for (int i = 0; i < kRows; ++i) {
+    CUTE_UNROLL
+    for (int j = 0; j < size<1>(O); ++j) O(i, j) *= row_scale[i];
+  }
+}
 
 CUTE_DEVICE float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -595,9 +640,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         CUTE_UNROLL
         for (int j = 0; j < kCols; ++j) mx = fmaxf(mx, S(i, j));
         mx = quad_max(mx);
+        // Keep the running max unless this block's exceeds it by more than the slack (for a row
+        // with nothing visible yet, max - max is NaN: it stays -inf).
+        const bool grow = first || (mx - row_max[i]) * scale_log2 > kRescaleSlackBf16;
+        if (!grow) mx = row_max[i];
         // A row with nothing visible yet keeps max -inf; use 0 so exp2 sees -inf, not NaN.
         const float mx_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-        row_scale[i] = first ? 1.f : exp2f(row_max[i] * scale_log2 - mx_scaled);
+        row_scale[i] = grow && !first ? exp2f(row_max[i] * scale_log2 - mx_scaled) : 1.f;
         row_max[i] = mx;
         float sum = 0.f;
         CUTE_UNROLL
@@ -646,16 +695,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       ClusterBarrier::arrive(&ss.bar.k_empty[k_stage]);
       if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
       softmax_step(order(j), false);
+      if constexpr (Traits::kSoftmaxBeforeWait) softmax_before_wait(row_sum, &ss.bar.softmax_sink);
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       warpgroup_fence_operand(tOrP);
       ClusterBarrier::arrive(&ss.bar.v_empty[v_stage]);
       if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
-      CUTE_UNROLL
-      for (int i = 0; i < kRows; ++i) {
-        CUTE_UNROLL
-        for (int j = 0; j < size<1>(O); ++j) O(i, j) *= row_scale[i];
-      }
+      rescale_o(O, row_scale);
       convert_p();
     }
 
