@@ -116,6 +116,12 @@ def quantize(x, *, granularity: str = "block"):
         raise TypeError(f"x must be a floating array, got {jnp.dtype(x.dtype).name}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    x8, descale, _ = _quantize_with_scaled(x, granularity)
+    return x8, descale
+
+
+def _quantize_with_scaled(x, granularity: str):
+    """quantize's ``(x8, descale)`` and the float32 ``x / descale`` that x8 rounds."""
     b, s, h, d = x.shape
     finite = jnp.isfinite(x)
     xa = jnp.where(finite, jnp.abs(x.astype(_F32)), 0.0)  # scales from the finite values
@@ -133,7 +139,7 @@ def quantize(x, *, granularity: str = "block"):
     scaled = x.astype(_F32) / _broadcast_rows(descale, s, h)
     # Non-finite inputs stay visible as NaN (e4m3fn has no infinity) instead of saturating.
     x8 = jnp.where(finite, jnp.clip(scaled, -E4M3_MAX, E4M3_MAX), jnp.nan).astype(E4M3)
-    return x8, descale
+    return x8, descale, scaled
 
 
 def _broadcast_rows(descale, s: int, h: int):
@@ -407,31 +413,29 @@ def _rotate_for_fp8(x, signs):
     return jnp.matmul(xs, ones, preferred_element_type=jnp.bfloat16)
 
 
-def _residual_e4m3(x, x8, descale):
-    """The rounding residual of ``x8 = quantize(x)`` as a second e4m3 term at the same scale:
-    ``x ≈ (x8 + lo) * descale``. The residual is at most half an e4m3 step of each element (1/16
-    of it), far inside e4m3's range at this scale; non-finite inputs stay NaN."""
-    s, h = x.shape[1], x.shape[2]
+def _residual_e4m3(x8, scaled):
+    """The rounding residual of ``x8`` (``scaled = x / descale`` rounded to e4m3) as a second e4m3
+    term at the same scale: ``x ≈ (x8 + lo) * descale``. The residual is at most half an e4m3
+    step of each element (1/16 of it), far inside e4m3's range; non-finite inputs stay NaN."""
     # The barrier keeps x8 an e4m3 array: with XLA's default excess precision the GPU compiler
     # otherwise folds f32 -> e4m3 -> f32 into the identity, and the residual becomes 0.
-    x8 = lax.optimization_barrier(x8)
-    r = x.astype(_F32) / _broadcast_rows(descale, s, h) - x8.astype(_F32)
+    r = scaled - lax.optimization_barrier(x8).astype(_F32)
     return jnp.where(jnp.isfinite(r), jnp.clip(r, -E4M3_MAX, E4M3_MAX), jnp.nan).astype(E4M3)
 
 
 def _quantize_qkv(q, k, v, signs, granularity: str, residual: bool = False):
     if signs is not None:
         q, k = _rotate_for_fp8(q, signs), _rotate_for_fp8(k, signs)
-    q8, qd = quantize(q, granularity=granularity)
-    k8, kd = quantize(k, granularity=granularity)
-    v8, vd = quantize(v, granularity="tensor" if granularity == "tensor" else "head")
+    q8, qd, q_scaled = _quantize_with_scaled(q, granularity)
+    k8, kd, _ = _quantize_with_scaled(k, granularity)
+    v8, vd, v_scaled = _quantize_with_scaled(v, "tensor" if granularity == "tensor" else "head")
     if residual:
         # Two e4m3 terms for q and v, one for k, at twice the head dim: [q8, q_lo] . [k8, k8] is
         # (q8 + q_lo) . k8 and P [v8, v_lo] holds P v8 and P v_lo side by side (_fp8_forward adds
         # the halves).
-        q8 = jnp.concatenate([q8, _residual_e4m3(q, q8, qd)], axis=-1)
+        q8 = jnp.concatenate([q8, _residual_e4m3(q8, q_scaled)], axis=-1)
         k8 = jnp.concatenate([k8, k8], axis=-1)
-        v8 = jnp.concatenate([v8, _residual_e4m3(v, v8, vd)], axis=-1)
+        v8 = jnp.concatenate([v8, _residual_e4m3(v8, v_scaled)], axis=-1)
     # quantize's scales are positive and well-shaped by construction: broadcast them to the
     # kernel's shapes without normalize_descales' checks (whose value check reads eager arrays
     # back to the host on every call).
