@@ -1087,16 +1087,26 @@ GPU_SOFTCAP_CASES = {
         b=1, sq=113, sk=1000, hq=2, hk=1, d=256, window=(64, 0), softcap=30.0, q_scale=3.0
     ),
 }
+# The pre-pass side at head dims 96/128 is its own kernel (192-row tiles, 3 consumer warpgroups,
+# serial GEMMs): query lengths off its 192-row grid, non-causal, windowed, softcapped, GQA.
+GPU_PREPASS_CASES = {
+    "d128-full": Case(b=1, sq=2500, sk=3000, hq=2, hk=1, d=128),
+    "d128-window": Case(b=1, sq=2100, sk=2100, hq=1, hk=1, d=128, window=(100, 50)),
+    "d128-softcap": Case(b=1, sq=1100, sk=1100, hq=4, hk=2, d=128, softcap=5.0, q_scale=3.0),
+    "d96-gqa-causal": Case(b=2, sq=700, sk=900, hq=6, hk=2, d=96, causal=True),
+}
 # The Hopper kernel gets V K-major either by transposing it in the kernel or from a pre-pass
 # (csrc/kernels/hopper/fwd_sm90_fp8.h): in the kernel while Sq * (Hq / Hk) <= 2048 (d <= 128) or
 # 512 (d 256). Every native head dim has cases on both sides (e.g. d64: hq8-hk1 vs
-# hq8-hk1-d64-long; d128: gqa-hq2-hk2 vs gqa-hq8-hk2-causal; d256: hdim-d256 vs window_128_128).
+# hq8-hk1-d64-long; d128: gqa-hq2-hk2 vs gqa-hq8-hk2-causal and prepass-*; d256: hdim-d256 vs
+# window_128_128).
 GPU_CASES = {
     **{f"hdim-{k}": v for k, v in GPU_HEAD_DIM_CASES.items()},
     **{f"seqlen-{k}": v for k, v in GPU_SEQLEN_CASES.items()},
     **{f"gqa-{k}": v for k, v in GPU_GQA_CASES.items()},
     **{f"mask-{k}": v for k, v in GPU_MASK_CASES.items()},
     **{f"softcap-{k}": v for k, v in GPU_SOFTCAP_CASES.items()},
+    **{f"prepass-{k}": v for k, v in GPU_PREPASS_CASES.items()},
 }
 GPU_PARAMS = [
     pytest.param(case, LAYOUT_CYCLE[i % len(LAYOUT_CYCLE)], id=name)

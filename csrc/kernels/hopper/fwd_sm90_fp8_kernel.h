@@ -57,9 +57,16 @@ struct Fp8FwdTraits {
   static_assert(kHeadDim % 32 == 0);
   // The producer warpgroup transposes V, so it keeps 40 registers (at 24 it spills), except at
   // d 256, whose O accumulator needs 240 per consumer thread (232 spills ~100 B more and measured
-  // slower); there the transpose, used only for short query blocks, takes the spills.
-  static constexpr int kProducerRegs = kHeadDim > 128 ? 24 : 40;
-  static constexpr int kConsumerRegs = kNumMmaWG == 3 ? 152 : kProducerRegs == 24 ? 240 : 232;
+  // slower); there the transpose, used only for short query blocks, takes the spills. A kernel
+  // without the transpose (pre-pass only) needs 24: its leader thread only issues TMA loads.
+  static constexpr int kProducerRegs = kHeadDim > 128 || !kCanTranspose_ ? 24 : 40;
+  static constexpr int kConsumerRegs =
+      kNumMmaWG == 3 ? (kProducerRegs == 24 ? 160 : 152) : kProducerRegs == 24 ? 240 : 232;
+  // Serial GEMMs: a consumer issues block j's QK^T only after block j - 1's PV has finished, so
+  // S and the P fragment are never live together (3 warpgroups at d 128 fit their registers
+  // that way); the other warpgroups keep the tensor cores busy meanwhile.
+  // (d 64's 3 warpgroups keep the overlapped order: serial measured 8% slower there.)
+  static constexpr bool kSerialGemms = kNumMmaWG == 3 && kHeadDim > 64;
   // setmaxnreg moves registers within what the launch allocated: 65536 / kNumThreads, rounded
   // down to 8, per thread (168 at 384 threads).
   static_assert(kProducerRegs * 128 + kConsumerRegs * kNumMmaThreads <=
@@ -151,12 +158,16 @@ struct Fp8FwdTraits {
   };
 };
 
-// Tried and dropped (H100, 16k tokens, d 128): a quarter of the exp2s as an FMA-pipe cubic
-// (MUFU offload) measured 750 vs 826 TFLOPs/s, so MUFU is not what bounds this kernel.
+// Tried and dropped (16k tokens, d 128): a quarter of the exp2s as an FMA-pipe cubic (MUFU
+// offload) measured 750 vs 826 TFLOPs/s (H100); row sums on the tensor cores (ones rows in Vt)
+// were 3-6% faster but biased the sums low (the FP8 accumulator's truncation, 10% at 4k keys) and
+// put e4m3 P's rounding into the LSE (H200; benchmarks/RESULTS.md, FP8 v5).
 //
 // Tile choices (smem: Q + kStages * (K + Vt) + kRawStages * V + O(bf16); limit 227 KB):
 //   d 64 : 192 x 128, 3 WGs: 12 + 2*(8+8) + 2*8 + 24 = 84 KB; S 64 + P 16 + O 32 regs in 160.
-//   d 128: 128 x 128, 2 WGs: 16 + 2*(16+16) + 2*16 + 32 = 144 KB.
+//   d 128: 128 x 128, 2 WGs: 16 + 2*(16+16) + 2*16 + 32 = 144 KB (in-kernel transpose);
+//          pre-pass: 192 x 128, 3 WGs with serial GEMMs: 24 + 2*(16+16) + 2*16 + 48 = 168 KB;
+//          O 64 + S 64 regs (P reuses S's) in 160, the producer at 24.
 //   d 256: 128 x 128, 2 WGs: 32 + 2*(32+32) + 2*32 = 224 KB, O (64 KB) aliases the V staging.
 //          S 64 + P 16 + O 128 regs in 240.
 // kBlockN is pinned to the 128-key descale block (one k_descale per block).
@@ -167,11 +178,13 @@ template <> struct Fp8FwdConfig<64> {
   using Traits = Fp8FwdTraits<64, 192, 128, 2>;
   using TraitsPrepass = Traits;
 };
-// (192 x 128 with 3 WGs at d 128 spilled 164 B at the 160-register budget and measured 688 vs 804
-// TFLOPs/s at 16k.)
+// The pre-pass kernel has 3 consumer warpgroups (a third warp per scheduler to hide the softmax's
+// latencies) and serial GEMMs to fit them in registers: +9-12% at 4k-16k tokens non-causal over
+// 128 x 128 with 2 (H200). (192 x 128 with the overlapped order spilled 164 B at the 160-register
+// budget and measured 688 vs 804 TFLOPs/s at 16k on the H100.)
 template <> struct Fp8FwdConfig<128> {
   using Traits = Fp8FwdTraits<128, 128, 128, 2>;
-  using TraitsPrepass = Traits;
+  using TraitsPrepass = Fp8FwdTraits<128, 192, 128, 2, false>;
 };
 // At d 256 the consumers' 240 registers are tight: compiling the transpose into the same kernel
 // perturbs their allocation (20 -> 64 spill instructions) and cost 8% at 16k tokens with the
@@ -426,7 +439,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         ++tiles_done;
         continue;
       }
-      for (int j = 0; j < order.count(); ++j) {
+      // (compiled only where the kernel can transpose: otherwise unreachable)
+      if constexpr (Traits::kCanTranspose) for (int j = 0; j < order.count(); ++j) {
         if (leader && j + 1 < order.count()) {
           load_k(order(j + 1));
           load_v_raw(order(j + 1));
@@ -600,6 +614,31 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     clear(tOrO);
 
     for (int j = 1; j < order.count(); ++j) {
+      if constexpr (Traits::kSerialGemms) {
+        // The pingpong turn covers both GEMMs (passing it after the PV issue measured 2-4% slower
+        // at 16k tokens, no turn at all noisier).
+        pingpong_wait();
+        ClusterBarrier::wait(&ss.bar.v_full[v_stage], v_phase);
+        wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, v_stage), tOrO);
+        kd = kd_next;
+        if (j + 1 < order.count()) kd_next = k_descale[order(j + 1)];
+        ClusterBarrier::wait(&ss.bar.k_full[k_stage], k_phase);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        warpgroup_fence_operand(tOrP);
+        release(&ss.bar.v_empty[v_stage]);
+        if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+        wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
+        pingpong_pass();
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tSrS);
+        release(&ss.bar.k_empty[k_stage]);
+        if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
+        softmax_step(order(j), kd, false);
+        rescale_o(O, row_scale);
+        convert_p();
+        continue;
+      }
       ClusterBarrier::wait(&ss.bar.k_full[k_stage], k_phase);
       pingpong_wait();
       wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
