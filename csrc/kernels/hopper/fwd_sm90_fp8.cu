@@ -97,7 +97,11 @@ bool fwd_fp8_transpose_in_kernel(const Fp8FwdParams& p) {
   const int mode = transpose_override();
   if (mode != 0) return mode == 1;
   const int d = fwd_fp8_native_head_dim(p.head_dim);
-  const int64_t limit = d <= 128 ? 2048 : 512;
+  // d 128 without a mask: its pre-pass kernel (3 consumer warpgroups) already wins at 2048
+  // queries per key (H200, 16k tokens: 782-785 vs 713-715 TFLOPs/s) but not at 1024 (597-599 vs
+  // 623-626); causal at 2048 stays in the kernel (524-531 vs 536-556).
+  const bool unmasked = p.mask.window_left < 0 && p.mask.window_right < 0;
+  const int64_t limit = d == 128 && unmasked ? 1024 : d <= 128 ? 2048 : 512;
   // Queries that share each key: the pre-pass is amortized over them.
   return int64_t(p.seqlen_q) * (p.heads_q / p.heads_k) <= limit;
 }

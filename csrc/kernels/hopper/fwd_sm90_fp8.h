@@ -31,7 +31,8 @@ constexpr int kFp8BlockN = kFp8ScaleBlock;
 // transpose runs in the kernel when few queries share each key (the pre-pass would be a large
 // share of the call), and the pre-pass runs otherwise. Crossovers measured on an H100
 // (benchmarks/RESULTS.md, "FP8 in-kernel V transpose"): in the kernel while the queries per KV
-// head (Sq times the GQA group) are at most 2048 (d <= 128) or 512 (d 256).
+// head (Sq times the GQA group) are at most 2048 (d <= 128) or 512 (d 256); 1024 at d 128
+// without a mask since its pre-pass kernel has 3 consumer warpgroups (H200, "FP8 v5").
 // JAX_FLASH3_FP8_V_TRANSPOSE=kernel|prepass overrides the choice (benchmarks); unset or auto:
 // the rule above.
 bool fwd_fp8_transpose_in_kernel(const Fp8FwdParams& p);
