@@ -1095,6 +1095,18 @@ GPU_PREPASS_CASES = {
     "d128-softcap": Case(b=1, sq=1100, sk=1100, hq=4, hk=2, d=128, softcap=5.0, q_scale=3.0),
     "d96-gqa-causal": Case(b=2, sq=700, sk=900, hq=6, hk=2, d=96, causal=True),
 }
+# The split tail (csrc/kernels/hopper/fwd_sm90_fp8.h): without a mask, the last round's tiles run
+# as pieces of their key range merged in the workspace. On a 132-SM H100/H200: fewer tiles than
+# SMs (3-5 pieces each; in-kernel and pre-pass V, softcap, GQA, d 256), and 176 tiles of which
+# the last 44 come in 2 pieces behind 132 whole ones.
+GPU_SPLIT_CASES = {
+    "few-tiles-d128-gqa": Case(b=1, sq=300, sk=2048, hq=8, hk=2, d=128),
+    "few-tiles-d64-softcap": Case(
+        b=1, sq=150, sk=1500, hq=4, hk=2, d=64, softcap=5.0, q_scale=3.0
+    ),
+    "few-tiles-d256": Case(b=1, sq=100, sk=2500, hq=4, hk=4, d=256),
+    "tail-d128": Case(b=1, sq=2000, sk=1100, hq=16, hk=4, d=128),
+}
 # The Hopper kernel gets V K-major either by transposing it in the kernel or from a pre-pass
 # (csrc/kernels/hopper/fwd_sm90_fp8.h): in the kernel while Sq * (Hq / Hk) <= 2048 (d <= 128;
 # 1024 at d 96/128 without a mask) or 512 (d 256). Every native head dim has cases on both sides (e.g. d64: hq8-hk1 vs
@@ -1107,6 +1119,7 @@ GPU_CASES = {
     **{f"mask-{k}": v for k, v in GPU_MASK_CASES.items()},
     **{f"softcap-{k}": v for k, v in GPU_SOFTCAP_CASES.items()},
     **{f"prepass-{k}": v for k, v in GPU_PREPASS_CASES.items()},
+    **{f"split-{k}": v for k, v in GPU_SPLIT_CASES.items()},
 }
 GPU_PARAMS = [
     pytest.param(case, LAYOUT_CYCLE[i % len(LAYOUT_CYCLE)], id=name)
@@ -1141,6 +1154,9 @@ def _bits(x) -> np.ndarray:
             Case(b=2, sq=1000, sk=4097, hq=4, hk=1, d=256, window=(256, 0), softcap=30.0),
             id="d256-window-softcap",
         ),
+        # split tail: whichever piece of a tile finishes last, the merge order is fixed
+        pytest.param(Case(b=1, sq=2000, sk=1100, hq=16, hk=4, d=128), id="split-tail"),
+        pytest.param(Case(b=1, sq=40, sk=4097, hq=4, hk=1, d=128), id="split-kv"),
     ],
 )
 def test_gpu_fp8_forward_is_deterministic(case):

@@ -2,6 +2,7 @@
 // not transposed inside the kernel (fwd_sm90_fp8.h: fwd_fp8_transpose_in_kernel says when).
 // Each native head dim's kernel lives in csrc/kernels/instantiations/fwd_sm90_fp8_hdim<D>.cu and
 // is present only when the build defines JAX_FLASH3_HAS_FWD_SM90_FP8_HDIM<D>.
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -90,9 +91,60 @@ int transpose_override() {
   return mode;
 }
 
+// JAX_FLASH3_FP8_SPLIT=0: no split tail (read once).
+bool split_disabled() {
+  static const bool off = [] {
+    const char* e = std::getenv("JAX_FLASH3_FP8_SPLIT");
+    return e != nullptr && std::strcmp(e, "0") == 0;
+  }();
+  return off;
+}
+
+int fp8_num_tiles(const Fp8FwdParams& p, bool vt_in_kernel) {
+  const int bm = sm90::fwd_fp8_block_m(p.head_dim, vt_in_kernel);
+  return (p.seqlen_q + bm - 1) / bm * p.heads_q * p.batch;
+}
+
+// The most pieces a tile of this call may be cut into (1: none). Only without a mask do all tiles
+// see the same key blocks (and the plan's equal-tiles arithmetic hold).
+int split_max_pieces(const Fp8FwdParams& p) {
+  if (split_disabled() || p.mask.window_left >= 0 || p.mask.window_right >= 0) return 1;
+  const int blocks = (p.seqlen_k + sm90::kFp8BlockN - 1) / sm90::kFp8BlockN;
+  return std::min(sm90::kFp8MaxPieces, std::max(1, blocks / sm90::kFp8MinPieceBlocks));
+}
+
+// Piece slots a workspace reserves for any grid size: rem * k <= min(G, T * k_max).
+int split_slots_bound(const Fp8FwdParams& p, bool vt_in_kernel) {
+  const int kmax = split_max_pieces(p);
+  if (kmax < 2) return 0;
+  const int64_t bound = int64_t(fp8_num_tiles(p, vt_in_kernel)) * kmax;
+  return int(std::min<int64_t>(sm90::kFp8MaxPieceSlots, bound));
+}
+
+size_t split_region_bytes(const Fp8FwdParams& p, bool vt_in_kernel, size_t base) {
+  const int slots = split_slots_bound(p, vt_in_kernel);
+  if (slots == 0) return 0;
+  return sm90::fwd_fp8_split_offset(base) - base + sm90::kFp8SplitFlagBytes +
+         size_t(slots) * sm90::fwd_fp8_piece_bytes(p.head_dim, vt_in_kernel);
+}
+
 }  // namespace
 
 namespace sm90 {
+Fp8SplitPlan fwd_fp8_split_plan(const Fp8FwdParams& p, bool vt_in_kernel, int num_sms, int max_slots) {
+  const int tiles = fp8_num_tiles(p, vt_in_kernel);
+  Fp8SplitPlan plan{tiles, tiles, 1};
+  const int kmax = split_max_pieces(p);
+  if (kmax < 2 || num_sms <= 0) return plan;
+  const int rem = tiles % num_sms;  // the last round's tiles (all of them when tiles < SMs)
+  if (rem == 0) return plan;
+  const int k = std::min({kmax, num_sms / rem, max_slots / rem});
+  if (k < 2) return plan;
+  plan.first = tiles - rem;
+  plan.pieces = k;
+  return plan;
+}
+
 bool fwd_fp8_transpose_in_kernel(const Fp8FwdParams& p) {
   const int mode = transpose_override();
   if (mode != 0) return mode == 1;
@@ -138,7 +190,9 @@ size_t prepass_workspace_bytes(const Fp8FwdParams& p) {
 }  // namespace
 
 size_t fwd_sm90_fp8_workspace_bytes(const Fp8FwdParams& p) {
-  return sm90::fwd_fp8_transpose_in_kernel(p) ? sm90::kFp8VtOffset : prepass_workspace_bytes(p);
+  const bool in_kernel = sm90::fwd_fp8_transpose_in_kernel(p);
+  const size_t base = in_kernel ? sm90::kFp8VtOffset : prepass_workspace_bytes(p);
+  return base + split_region_bytes(p, in_kernel, base);
 }
 
 cudaError_t run_fwd_sm90_fp8(const Fp8FwdParams& p, cudaStream_t stream) {
@@ -159,9 +213,26 @@ cudaError_t run_fwd_sm90_fp8(const Fp8FwdParams& p, cudaStream_t stream) {
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
+  // The split tail, as far as this workspace holds its pieces.
+  const size_t base = in_kernel ? sm90::kFp8VtOffset : prepass_workspace_bytes(p);
+  const size_t split_offset = sm90::fwd_fp8_split_offset(base);
+  int slots = 0;
+  if (p.workspace_bytes >= split_offset + sm90::kFp8SplitFlagBytes) {
+    const size_t n = (p.workspace_bytes - split_offset - sm90::kFp8SplitFlagBytes) /
+                     sm90::fwd_fp8_piece_bytes(p.head_dim, in_kernel);
+    slots = int(std::min<size_t>(n, sm90::kFp8MaxPieceSlots));
+  }
+  int num_sms = p.num_sms;
+  if (num_sms <= 0) {
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e != cudaSuccess) return e;
+  }
+  const sm90::Fp8SplitPlan plan = sm90::fwd_fp8_split_plan(p, in_kernel, num_sms, slots);
   cudaError_t err = cudaErrorNotSupported;
   with_fp8_instantiation(p, [&](auto d) {
-    err = sm90::run_fwd_sm90_fp8_hdim<decltype(d)::value>(p, in_kernel, stream);
+    err = sm90::run_fwd_sm90_fp8_hdim<decltype(d)::value>(p, in_kernel, plan, split_offset, stream);
   });
   return err;
 }

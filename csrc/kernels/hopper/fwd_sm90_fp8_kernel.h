@@ -20,6 +20,8 @@
 //     cancels in O and is accounted for in LSE.
 //   * O is bfloat16: through its own smem buffer and a TMA store where shared memory allows
 //     (d <= 128), with direct 32-bit stores from registers at d 256.
+//   * Split tail (fwd_sm90_fp8.h): without a mask, the tiles of the last round may come as pieces
+//     of their key range; pieces meet in the workspace and the last one stores the tile.
 #pragma once
 
 #include <type_traits>
@@ -130,6 +132,7 @@ struct Fp8FwdTraits {
     uint64_t o_free;                 // kOAliasRaw: the O store has read the staging buffers
     uint64_t sched_full[2], sched_empty[2];
     int sched_tile[2];
+    int split_last;  // split tail: this CTA's piece finished its tile last
   };
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>> smem_q;
@@ -155,8 +158,33 @@ struct Fp8FwdTraits {
     const float* v_descale;  // (B, Hk)
     int q_scale_blocks, k_scale_blocks;
     bool vt_in_kernel;
+    // Split tail (fwd_sm90_fp8.h): work items past split_first are pieces of tiles; each piece
+    // leaves kPieceFloats floats in split_part, split_flags counts the finished pieces per tile.
+    int split_first, split_pieces;
+    int* split_flags;
+    float* split_part;
   };
+  // Floats per piece: each consumer thread's O fragment, then its rows' max and partial sum.
+  static constexpr int kPieceFloats = kNumMmaThreads * (kHeadDim / 2 + 4);
+  static_assert(kBlockM == fwd_fp8_block_m(kHeadDim, kCanTranspose_) &&
+                    size_t(kPieceFloats) * 4 == fwd_fp8_piece_bytes(kHeadDim, kCanTranspose_),
+                "the host's split-tail workspace arithmetic (fwd_sm90_fp8.h) must match");
 };
+
+// Work item -> (tile, piece) and the piece's share of the tile's key blocks (split tail).
+template <class Params>
+CUTE_DEVICE int split_item(Params const& p, int item, int& piece) {
+  piece = -1;  // whole tile
+  if (item < p.split_first) return item;
+  const int s = item - p.split_first;
+  piece = s % p.split_pieces;
+  return p.split_first + s / p.split_pieces;
+}
+CUTE_DEVICE BlockRange piece_range(BlockRange r, int piece, int pieces) {
+  if (piece < 0) return r;
+  const int n = r.n_max - r.n_min;
+  return {r.n_min + n * piece / pieces, r.n_min + n * (piece + 1) / pieces};
+}
 
 // Tried and dropped (16k tokens, d 128): a quarter of the exp2s as an FMA-pipe cubic (MUFU
 // offload) measured 750 vs 826 TFLOPs/s (H100); row sums on the tensor cores (ones rows in Vt)
@@ -364,11 +392,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       if (transpose) NamedBarrier::sync(128, kBarProducer);
       return *reinterpret_cast<volatile int*>(&ss.bar.sched_tile[slot]);
     };
-    for (int tile = blockIdx.x, sched = 0; tile < p.num_tiles; tile = next_tile(tile, sched++)) {
-      int m_block, head, batch;
-      tile_coord<Traits>(p, tile, m_block, head, batch);
-      const BlockRange r =
-          block_range<kBlockM, kBlockN>(m_block, p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+    for (int item = blockIdx.x, sched = 0; item < p.num_tiles; item = next_tile(item, sched++)) {
+      int m_block, head, batch, piece;
+      tile_coord<Traits>(p, split_item(p, item, piece), m_block, head, batch);
+      const BlockRange r = piece_range(
+          block_range<kBlockM, kBlockN>(m_block, p.seqlen_q, p.seqlen_k, p.window_left, p.window_right),
+          piece, p.split_pieces);
       if (r.n_min >= r.n_max) continue;
       const int head_k = head / p.group;
 
@@ -511,11 +540,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     return next;
   };
 
-  for (int tile = blockIdx.x, sched = 0; tile < p.num_tiles; tile = next_tile(tile, sched++)) {
-    int m_block, head, batch;
+  for (int item = blockIdx.x, sched = 0; item < p.num_tiles; item = next_tile(item, sched++)) {
+    int m_block, head, batch, piece;
+    const int tile = split_item(p, item, piece);
     tile_coord<Traits>(p, tile, m_block, head, batch);
-    const BlockRange r =
-        block_range<kBlockM, kBlockN>(m_block, p.seqlen_q, p.seqlen_k, p.window_left, p.window_right);
+    // (a piece is never empty: the host plan gives each at least kFp8MinPieceBlocks blocks)
+    const BlockRange r = piece_range(
+        block_range<kBlockM, kBlockN>(m_block, p.seqlen_q, p.seqlen_k, p.window_left, p.window_right),
+        piece, p.split_pieces);
 
     if (r.n_min >= r.n_max) {
       write_empty_tile<kBlockM, kNumMmaThreads>(p, m_block, head, batch, mma_tid);
@@ -673,6 +705,63 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     release(&ss.bar.v_empty[v_stage]);
     if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
 
+    if (piece >= 0) {
+      // Split tail: leave this piece's O, max and partial sums (thread-interleaved, so a warp's
+      // accesses are contiguous); the tile's last piece to get here merges them all and goes on
+      // to the epilogue, the others are done with it.
+      constexpr int kOCols = decltype(size<1>(O))::value;
+      constexpr int kStat = kRows * kOCols;  // index of the first max
+      static_assert(kRows == 2 && kStat == kHeadDim / 2, "kPieceFloats assumes 2 rows per thread");
+      float* tile_part = p.split_part + int64_t(tile - p.split_first) * p.split_pieces * Traits::kPieceFloats;
+      float* mine = tile_part + piece * Traits::kPieceFloats + mma_tid;
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        CUTE_UNROLL
+        for (int c = 0; c < kOCols; ++c) mine[(i * kOCols + c) * kNumMmaThreads] = O(i, c);
+        mine[(kStat + i) * kNumMmaThreads] = row_max[i];
+        mine[(kStat + kRows + i) * kNumMmaThreads] = row_sum[i];
+      }
+      __threadfence();
+      NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
+      if (mma_tid == 0) {
+        const int done = atomicAdd(&p.split_flags[tile - p.split_first], 1);
+        ss.bar.split_last = done == p.split_pieces - 1;
+      }
+      NamedBarrier::sync(kNumMmaThreads, kBarEpilogue);
+      if (!*reinterpret_cast<volatile int*>(&ss.bar.split_last)) {
+        ++tiles_done;
+        continue;
+      }
+      // Merge every piece, this one's too (read back), in piece order: the result does not depend
+      // on which piece came last (bitwise deterministic).
+      __threadfence();
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        row_max[i] = -INFINITY;
+        row_sum[i] = 0.f;
+        CUTE_UNROLL
+        for (int c = 0; c < kOCols; ++c) O(i, c) = 0.f;
+      }
+      for (int q = 0; q < p.split_pieces; ++q) {
+        const float* other = tile_part + q * Traits::kPieceFloats + mma_tid;
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) {
+          const float m_q = __ldcg(other + (kStat + i) * kNumMmaThreads);
+          const float s_q = __ldcg(other + (kStat + kRows + i) * kNumMmaThreads);
+          // O and the sums of each piece are relative to its own running max (minus kMaxOffset).
+          const float m = fmaxf(row_max[i], m_q);
+          const bool none = m == -INFINITY;  // no visible key so far
+          const float f_acc = none ? 1.f : exp2f(row_max[i] - m);
+          const float f_q = none ? 0.f : exp2f(m_q - m);
+          row_max[i] = m;
+          row_sum[i] = row_sum[i] * f_acc + s_q * f_q;
+          CUTE_UNROLL
+          for (int c = 0; c < kOCols; ++c)
+            O(i, c) = O(i, c) * f_acc + __ldcg(other + (i * kOCols + c) * kNumMmaThreads) * f_q;
+        }
+      }
+    }
+
     // Finalize: v_descale / rowsum (0 for an empty row); LSE in natural log (-inf if empty).
     float lse[kRows];
     CUTE_UNROLL
@@ -715,7 +804,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 // ---------------------------------------------------------------------------------------------
 
 template <class Traits, bool kSoftcap>
-cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, bool vt_in_kernel, cudaStream_t stream) {
+cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, bool vt_in_kernel, const Fp8SplitPlan& plan,
+                                size_t split_offset, cudaStream_t stream) {
   using Element = typename Traits::Element;
   using OutElement = typename Traits::OutElement;
   using Params = typename Traits::Params;
@@ -763,20 +853,39 @@ cudaError_t launch_fwd_sm90_fp8(const Fp8FwdParams& fp, bool vt_in_kernel, cudaS
   // The dynamic scheduler's counter lives at the start of the workspace (always >= kFp8VtOffset).
   cudaError_t err = fill_fwd_params<kBlockM, kSoftcap>(p, fp, stream);
   if (err != cudaSuccess) return err;
+  p.split_first = p.num_tiles;
+  p.split_pieces = 1;
+  p.split_flags = nullptr;
+  p.split_part = nullptr;
+  if (plan.pieces > 1) {
+    // The host plan counted this kernel's tiles (fwd_fp8_block_m); the counters start at 0.
+    if (plan.tiles != p.num_tiles || p.tile_counter == nullptr) return cudaErrorInvalidValue;
+    char* region = static_cast<char*>(fp.workspace) + split_offset;
+    p.split_first = plan.first;
+    p.split_pieces = plan.pieces;
+    p.split_flags = reinterpret_cast<int*>(region);
+    p.split_part = reinterpret_cast<float*>(region + kFp8SplitFlagBytes);
+    p.num_tiles = plan.items();
+    err = cudaMemsetAsync(p.split_flags, 0, sizeof(int) * plan.split_tiles(), stream);
+    if (err != cudaSuccess) return err;
+  }
   return launch_persistent<Traits, kSoftcap>(fwd_sm90_fp8_kernel<Traits, kSoftcap>, p, fp.num_sms,
                                              stream);
 }
 
 template <int kHeadDim>
-cudaError_t run_fwd_sm90_fp8_hdim(const Fp8FwdParams& p, bool vt_in_kernel, cudaStream_t stream) {
+cudaError_t run_fwd_sm90_fp8_hdim(const Fp8FwdParams& p, bool vt_in_kernel, const Fp8SplitPlan& plan,
+                                  size_t split_offset, cudaStream_t stream) {
   using Traits = typename Fp8FwdConfig<kHeadDim>::Traits;
   using TraitsPrepass = typename Fp8FwdConfig<kHeadDim>::TraitsPrepass;
   if (!vt_in_kernel && !std::is_same_v<Traits, TraitsPrepass>) {
-    if (p.mask.softcap != 0.f) return launch_fwd_sm90_fp8<TraitsPrepass, true>(p, false, stream);
-    return launch_fwd_sm90_fp8<TraitsPrepass, false>(p, false, stream);
+    if (p.mask.softcap != 0.f)
+      return launch_fwd_sm90_fp8<TraitsPrepass, true>(p, false, plan, split_offset, stream);
+    return launch_fwd_sm90_fp8<TraitsPrepass, false>(p, false, plan, split_offset, stream);
   }
-  if (p.mask.softcap != 0.f) return launch_fwd_sm90_fp8<Traits, true>(p, vt_in_kernel, stream);
-  return launch_fwd_sm90_fp8<Traits, false>(p, vt_in_kernel, stream);
+  if (p.mask.softcap != 0.f)
+    return launch_fwd_sm90_fp8<Traits, true>(p, vt_in_kernel, plan, split_offset, stream);
+  return launch_fwd_sm90_fp8<Traits, false>(p, vt_in_kernel, plan, split_offset, stream);
 }
 
 }  // namespace jax_flash3::sm90

@@ -3,5 +3,6 @@
 #include "kernels/hopper/fwd_sm90_fp8_kernel.h"
 
 namespace jax_flash3::sm90 {
-template cudaError_t run_fwd_sm90_fp8_hdim<256>(const Fp8FwdParams&, bool, cudaStream_t);
+template cudaError_t run_fwd_sm90_fp8_hdim<256>(const Fp8FwdParams&, bool, const Fp8SplitPlan&,
+                                                 size_t, cudaStream_t);
 }  // namespace jax_flash3::sm90

@@ -24,6 +24,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include "kernels/hopper/fwd_sm90_fp8.h"
 #include "kernels/kernels.h"
 
 using namespace jax_flash3;
@@ -309,7 +310,16 @@ static bool check(const Config& c, Buffers& buf, uint64_t seed, bool fallback_to
   CHECK_CUDA(cudaMemset(buf.lse.ptr, 0xFF, nl * 4));
   CHECK_CUDA(run_fwd_fp8(p, 0));
   CHECK_CUDA(cudaDeviceSynchronize());
-  ok &= compare(c, buf, hopper ? "sm90" : "simple");
+  // "sm90/k": the split tail cut the last tiles into k pieces.
+  std::string path = hopper ? "sm90" : "simple";
+  if (hopper) {
+    int sms = 0;
+    CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    const auto plan = jax_flash3::sm90::fwd_fp8_split_plan(
+        p, jax_flash3::sm90::fwd_fp8_transpose_in_kernel(p), sms, jax_flash3::sm90::kFp8MaxPieceSlots);
+    if (plan.pieces > 1) path += "/" + std::to_string(plan.pieces);
+  }
+  ok &= compare(c, buf, path.c_str());
   if (fallback_too && hopper) {
     CHECK_CUDA(cudaMemset(buf.o.ptr, 0xFF, no * 2));
     CHECK_CUDA(cudaMemset(buf.lse.ptr, 0xFF, nl * 4));
@@ -328,6 +338,7 @@ static std::vector<Config> correctness_configs(bool small) {
     v.push_back({2, 17, 300, 4, 1, 64, false, 20, 5, 0});
     v.push_back({1, 130, 257, 2, 1, 256, true, -1, -1, 30.f});
     v.push_back({1, 1, 1, 2, 2, 80, false, -1, -1, 0});
+    v.push_back({1, 150, 1100, 4, 2, 128, false, -1, -1, 0});  // split tail
     return v;
   }
   for (int d : {64, 128, 256, 96, 80}) {
@@ -346,6 +357,10 @@ static std::vector<Config> correctness_configs(bool small) {
     v.push_back({2, 1000, 4097, 8, 8, d, false, -1, -1, 20.f});
     v.push_back({1, 4097, 4097, 1, 1, d, false, -1, -1, 0});
     v.push_back({1, 1, 1000, 4, 4, d, false, -1, -1, 0});
+    // Split tail (fwd_sm90_fp8.h): fewer tiles than SMs, with softcap and GQA; and a last round
+    // of split tiles behind whole ones.
+    v.push_back({1, 300, 2000, 8, 2, d, false, -1, -1, 30.f});
+    v.push_back({1, 2000, 1100, d == 256 ? 12 : 16, 4, d, false, -1, -1, 0});
   }
   v.push_back({1, 200, 300, 4, 4, 72, true, -1, -1, 0});  // d % 16 != 0: fallback only
   return v;
@@ -388,6 +403,25 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     std::printf("correctness: %d / %d configs failed\n", failures, total);
+  }
+  if (mode == "one") {
+    // one D S causal [reps]: one config (16k tokens, hidden 2048), e.g. under ncu.
+    if (argc < 5) {
+      std::fprintf(stderr, "usage: %s one <head dim> <seqlen> <causal 0/1> [reps]\n", argv[0]);
+      return 2;
+    }
+    const int d = std::atoi(argv[2]), s = std::atoi(argv[3]), causal = std::atoi(argv[4]);
+    const int reps = argc > 5 ? std::atoi(argv[5]) : 20;
+    Config c{16384 / s, s, s, 2048 / d, 2048 / d, d, bool(causal), -1, -1, 0};
+    prepare(c, buf, 1234, true);
+    Fp8FwdParams p = make_params(c, buf);
+    if (!fwd_sm90_fp8_supported(p)) {
+      std::fprintf(stderr, "config not supported\n");
+      return 2;
+    }
+    std::printf("fp8 d=%d s=%d causal=%d: %.1f TFLOPs/s\n", d, s, causal,
+                time_tflops(c, reps, [&] { return run_fwd_fp8(p, 0); }));
+    return 0;
   }
   if (mode == "all" || mode == "bench") {
     // FP8_BENCH_D=<d>: one head dim only; FP8_BENCH_NO_BF16: skip the bf16 column.
