@@ -1095,10 +1095,11 @@ GPU_PREPASS_CASES = {
     "d128-softcap": Case(b=1, sq=1100, sk=1100, hq=4, hk=2, d=128, softcap=5.0, q_scale=3.0),
     "d96-gqa-causal": Case(b=2, sq=700, sk=900, hq=6, hk=2, d=96, causal=True),
 }
-# The split tail (csrc/kernels/hopper/fwd_sm90_fp8.h): without a mask, the last round's tiles run
-# as pieces of their key range merged in the workspace. On a 132-SM H100/H200: fewer tiles than
-# SMs (3-5 pieces each; in-kernel and pre-pass V, softcap, GQA, d 256), and 176 tiles of which
-# the last 44 come in 2 pieces behind 132 whole ones.
+# The split tail (csrc/kernels/hopper/fwd_sm90_fp8.h): where all tiles see the same keys (no mask,
+# or one query block per head), the last round's tiles run as pieces of their key range merged in
+# the workspace. On a 132-SM H100/H200: fewer tiles than SMs (3-6 pieces each; in-kernel and
+# pre-pass V, softcap, GQA, d 256, causal decoding, a window over a cache), and 176 tiles of
+# which the last 44 come in 2 pieces behind 132 whole ones.
 GPU_SPLIT_CASES = {
     "few-tiles-d128-gqa": Case(b=1, sq=300, sk=2048, hq=8, hk=2, d=128),
     "few-tiles-d64-softcap": Case(
@@ -1106,6 +1107,12 @@ GPU_SPLIT_CASES = {
     ),
     "few-tiles-d256": Case(b=1, sq=100, sk=2500, hq=4, hk=4, d=256),
     "tail-d128": Case(b=1, sq=2000, sk=1100, hq=16, hk=4, d=128),
+    # a mask over one query block per head: decoding, a window over a cache
+    "decode-causal-d128": Case(b=2, sq=1, sk=3000, hq=8, hk=2, d=128, causal=True),
+    "window-d256": Case(b=1, sq=60, sk=2000, hq=4, hk=4, d=256, window=(1500, 0)),
+    "chunk-causal-d64-softcap": Case(
+        b=1, sq=100, sk=1500, hq=4, hk=1, d=64, causal=True, softcap=5.0, q_scale=3.0
+    ),
 }
 # The Hopper kernel gets V K-major either by transposing it in the kernel or from a pre-pass
 # (csrc/kernels/hopper/fwd_sm90_fp8.h): in the kernel while Sq * (Hq / Hk) <= 2048 (d <= 128;

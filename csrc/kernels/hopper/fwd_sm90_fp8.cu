@@ -105,17 +105,35 @@ int fp8_num_tiles(const Fp8FwdParams& p, bool vt_in_kernel) {
   return (p.seqlen_q + bm - 1) / bm * p.heads_q * p.batch;
 }
 
-// The most pieces a tile of this call may be cut into (1: none). Only without a mask do all tiles
-// see the same key blocks (and the plan's equal-tiles arithmetic hold).
-int split_max_pieces(const Fp8FwdParams& p) {
-  if (split_disabled() || p.mask.window_left >= 0 || p.mask.window_right >= 0) return 1;
-  const int blocks = (p.seqlen_k + sm90::kFp8BlockN - 1) / sm90::kFp8BlockN;
-  return std::min(sm90::kFp8MaxPieces, std::max(1, blocks / sm90::kFp8MinPieceBlocks));
+// The most pieces a tile of this call may be cut into (1: none). The plan needs every tile to
+// see the same key blocks: true without a mask, and with one (causal, window) when there is only
+// one query block per (batch, head), e.g. decoding or a short chunk against a long cache.
+int split_max_pieces(const Fp8FwdParams& p, bool vt_in_kernel) {
+  if (split_disabled()) return 1;
+  const int64_t bn = sm90::kFp8BlockN;
+  int64_t n_min = 0, n_max = (p.seqlen_k + bn - 1) / bn;
+  const bool masked = p.mask.window_left >= 0 || p.mask.window_right >= 0;
+  if (masked) {
+    const int bm = sm90::fwd_fp8_block_m(p.head_dim, vt_in_kernel);
+    if (p.seqlen_q > bm) return 1;
+    // block_range (fwd_sm90_kernel.h) of query block 0, in 64-bit (windows may be huge).
+    const int64_t off = int64_t(p.seqlen_k) - p.seqlen_q;
+    if (p.mask.window_right >= 0) {
+      const int64_t last_col = p.seqlen_q - 1 + off + p.mask.window_right;
+      n_max = std::min(n_max, last_col < 0 ? 0 : last_col / bn + 1);
+    }
+    if (p.mask.window_left >= 0) {
+      const int64_t first_col = off - p.mask.window_left;
+      n_min = first_col <= 0 ? 0 : first_col / bn;
+    }
+  }
+  const int64_t blocks = n_max - n_min;
+  return int(std::min<int64_t>(sm90::kFp8MaxPieces, std::max<int64_t>(1, blocks / sm90::kFp8MinPieceBlocks)));
 }
 
 // Piece slots a workspace reserves for any grid size: rem * k <= min(G, T * k_max).
 int split_slots_bound(const Fp8FwdParams& p, bool vt_in_kernel) {
-  const int kmax = split_max_pieces(p);
+  const int kmax = split_max_pieces(p, vt_in_kernel);
   if (kmax < 2) return 0;
   const int64_t bound = int64_t(fp8_num_tiles(p, vt_in_kernel)) * kmax;
   return int(std::min<int64_t>(sm90::kFp8MaxPieceSlots, bound));
@@ -134,7 +152,7 @@ namespace sm90 {
 Fp8SplitPlan fwd_fp8_split_plan(const Fp8FwdParams& p, bool vt_in_kernel, int num_sms, int max_slots) {
   const int tiles = fp8_num_tiles(p, vt_in_kernel);
   Fp8SplitPlan plan{tiles, tiles, 1};
-  const int kmax = split_max_pieces(p);
+  const int kmax = split_max_pieces(p, vt_in_kernel);
   if (kmax < 2 || num_sms <= 0) return plan;
   const int rem = tiles % num_sms;  // the last round's tiles (all of them when tiles < SMs)
   if (rem == 0) return plan;

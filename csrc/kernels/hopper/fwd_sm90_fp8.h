@@ -66,7 +66,8 @@ constexpr int fwd_fp8_block_m(int head_dim, bool vt_in_kernel) {
 // Split tail. The persistent grid takes equal tiles in index order, so with T tiles on G CTAs the
 // last round runs T % G of them while the other SMs idle (16k tokens at d 128: 1376 tiles of 192
 // rows on 132 SMs, 56 in the last round: 5% of the call). Where every tile sees the same key
-// blocks (no mask), the last T % G tiles are cut into k pieces of their key range, k = G / (T % G)
+// blocks (no mask, or one query block per head: decoding, short chunks), the last T % G tiles
+// are cut into k pieces of their key range, k = G / (T % G)
 // (at most kFp8MaxPieces, each piece >= kFp8MinPieceBlocks blocks): the last round then takes
 // 1 / k of a tile's time. Fewer tiles than SMs is the same case (T % G = T), split-KV in effect.
 // Each piece leaves its unnormalized O, running max and partial row sums in the workspace; the

@@ -20,8 +20,9 @@
 //     cancels in O and is accounted for in LSE.
 //   * O is bfloat16: through its own smem buffer and a TMA store where shared memory allows
 //     (d <= 128), with direct 32-bit stores from registers at d 256.
-//   * Split tail (fwd_sm90_fp8.h): without a mask, the tiles of the last round may come as pieces
-//     of their key range; pieces meet in the workspace and the last one stores the tile.
+//   * Split tail (fwd_sm90_fp8.h): where all tiles see the same key blocks, the tiles of the last
+//     round may come as pieces of their key range; pieces meet in the workspace and the last one
+//     stores the tile.
 #pragma once
 
 #include <type_traits>
