@@ -1116,9 +1116,9 @@ GPU_SPLIT_CASES = {
 }
 # The Hopper kernel gets V K-major either by transposing it in the kernel or from a pre-pass
 # (csrc/kernels/hopper/fwd_sm90_fp8.h): in the kernel while Sq * (Hq / Hk) <= 2048 (d <= 128;
-# 1024 at d 96/128 without a mask) or 512 (d 256). Every native head dim has cases on both sides (e.g. d64: hq8-hk1 vs
-# hq8-hk1-d64-long; d128: gqa-hq2-hk2 vs gqa-hq8-hk2-causal and prepass-*; d256: hdim-d256 vs
-# window_128_128).
+# 1024 at d 96/128 without a mask) or 512 (d 256). Every native head dim has cases on both sides
+# (e.g. d64: hq8-hk1 vs hq8-hk1-d64-long; d128: gqa-hq2-hk2 vs gqa-hq8-hk2-causal and prepass-*;
+# d256: hdim-d256 vs window_128_128).
 GPU_CASES = {
     **{f"hdim-{k}": v for k, v in GPU_HEAD_DIM_CASES.items()},
     **{f"seqlen-{k}": v for k, v in GPU_SEQLEN_CASES.items()},

@@ -71,8 +71,8 @@ constexpr int fwd_fp8_block_m(int head_dim, bool vt_in_kernel) {
 // (at most kFp8MaxPieces, each piece >= kFp8MinPieceBlocks blocks): the last round then takes
 // 1 / k of a tile's time. Fewer tiles than SMs is the same case (T % G = T), split-KV in effect.
 // Each piece leaves its unnormalized O, running max and partial row sums in the workspace; the
-// piece that finishes last (a per-tile counter) merges the others into its registers and stores
-// the tile. JAX_FLASH3_FP8_SPLIT=0 turns it off (benchmarks).
+// piece that finishes last (a per-tile counter) reads all k back in piece order, merges them and
+// stores the tile. JAX_FLASH3_FP8_SPLIT=0 turns it off (benchmarks).
 constexpr int kFp8MaxPieces = 8;
 constexpr int kFp8MinPieceBlocks = 4;
 // Piece slots the workspace reserves (G >= rem * k; more SMs than this: k shrinks to fit).

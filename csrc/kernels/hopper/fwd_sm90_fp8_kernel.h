@@ -188,7 +188,8 @@ CUTE_DEVICE BlockRange piece_range(BlockRange r, int piece, int pieces) {
 }
 
 // Tried and dropped (16k tokens, d 128): a quarter of the exp2s as an FMA-pipe cubic (MUFU
-// offload) measured 750 vs 826 TFLOPs/s (H100); row sums on the tensor cores (ones rows in Vt)
+// offload) measured 750 vs 826 TFLOPs/s (H100), and on the 3-warpgroup pre-pass kernel -11% (an
+// eighth: -1%; H200, RESULTS.md "FP8 split tail"); row sums on the tensor cores (ones rows in Vt)
 // were 3-6% faster but biased the sums low (the FP8 accumulator's truncation, 10% at 4k keys) and
 // put e4m3 P's rounding into the LSE (H200; benchmarks/RESULTS.md, FP8 v5).
 //
