@@ -209,6 +209,10 @@ def make_config(
         if not math.isfinite(cap) or cap <= 0:
             raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
     left, right = _parse_window(window, bool(causal))
+    # A side of Sq + Sk or more spans every key of every row: clamp it there (same mask), so that
+    # no path's int32 index arithmetic (row + offset + window) overflows on e.g. 2**31 - 1.
+    span = int(q.shape[1]) + int(k.shape[1])
+    left, right = (w if w < 0 else min(w, span) for w in (left, right))
     impl = _resolve_implementation(implementation, q, v, fp8=bool(fp8))
     return AttentionConfig(
         auto=implementation == "auto",

@@ -31,6 +31,9 @@ def _visible(sq: int, sk: int, q_idx, k_idx, window_left: int, window_right: int
     diag = q_idx[:, None] + (sk - sq)
     kk = k_idx[None, :]
     ok = kk < sk
+    # A side of Sq + Sk or more spans every key: clamped, diag + window cannot overflow int32.
+    window_left = min(window_left, sq + sk)
+    window_right = min(window_right, sq + sk)
     if window_right >= 0:
         ok = ok & (kk <= diag + window_right)
     if window_left >= 0:

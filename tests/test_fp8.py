@@ -1119,6 +1119,12 @@ GPU_SPLIT_CASES = {
 # 1024 at d 96/128 without a mask) or 512 (d 256). Every native head dim has cases on both sides
 # (e.g. d64: hq8-hk1 vs hq8-hk1-d64-long; d128: gqa-hq2-hk2 vs gqa-hq8-hk2-causal and prepass-*;
 # d256: hdim-d256 vs window_128_128).
+# int32-max windows mean unbounded (no index overflow in the kernels); last in GPU_CASES so the
+# other cases keep their layouts and seeds.
+GPU_HUGE_WINDOW_CASES = {
+    "both": Case(b=1, sq=300, sk=1000, hq=4, hk=2, d=128, window=(2**31 - 1, 2**31 - 1)),
+    "causal-left": Case(b=1, sq=1000, sk=300, hq=2, hk=1, d=256, causal=True, window=(2**31 - 1, None)),
+}
 GPU_CASES = {
     **{f"hdim-{k}": v for k, v in GPU_HEAD_DIM_CASES.items()},
     **{f"seqlen-{k}": v for k, v in GPU_SEQLEN_CASES.items()},
@@ -1127,6 +1133,7 @@ GPU_CASES = {
     **{f"softcap-{k}": v for k, v in GPU_SOFTCAP_CASES.items()},
     **{f"prepass-{k}": v for k, v in GPU_PREPASS_CASES.items()},
     **{f"split-{k}": v for k, v in GPU_SPLIT_CASES.items()},
+    **{f"huge-window-{k}": v for k, v in GPU_HUGE_WINDOW_CASES.items()},
 }
 GPU_PARAMS = [
     pytest.param(case, LAYOUT_CYCLE[i % len(LAYOUT_CYCLE)], id=name)

@@ -118,6 +118,9 @@ WINDOWS = {
     "window_0_0": (False, (0, 0)),
     "window_128_128": (False, (128, 128)),
     "causal_window_64": (True, (64, None)),
+    # int32-max windows mean unbounded (no index overflow in the kernels)
+    "window_huge_huge": (False, (2**31 - 1, 2**31 - 1)),
+    "causal_window_huge": (True, (2**31 - 1, None)),
 }
 MASK_CASES = {
     f"{mask}-sq{sq}-sk{sk}": (

@@ -128,6 +128,16 @@ def test_long_query_short_key_masks(causal, window):
     check_both(Case(b=1, sq=1000, sk=128, hq=2, hk=1, d=32, causal=causal, window=window))
 
 
+@pytest.mark.parametrize(
+    "causal,window",
+    [(False, (2**31 - 1, 2**31 - 1)), (True, (2**31 - 1, None)), (False, (2**40, 3))],
+    ids=["int32max_both", "causal_int32max_left", "huge_left_right_3"],
+)
+def test_huge_windows_mean_unbounded(causal, window):
+    """Window sides of 2**31 - 1 or more span every key (no int32 overflow of row + window)."""
+    check_both(Case(b=1, sq=113, sk=300, hq=2, hk=1, d=32, causal=causal, window=window))
+
+
 # --------------------------------------------------------------------------------------------
 # Softcap (and a non-default softmax_scale), logits pushed into tanh's nonlinear range
 

@@ -2,6 +2,7 @@
 // Every failure is returned as an ffi::Error with a message; nothing aborts, nothing syncs.
 #include "ffi/attention_ffi.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -121,8 +122,15 @@ ffi::Error FillCommon(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, floa
   p->o_row_stride = int64_t(p->heads_q) * p->head_dim_v;
   p->o_batch_stride = p->o_row_stride * p->seqlen_q;
   p->softmax_scale = softmax_scale;
-  p->mask.window_left = window_left < 0 ? -1 : window_left;
-  p->mask.window_right = window_right < 0 ? -1 : window_right;
+  // A window of seqlen_q + seqlen_k or more already spans every key of every row, so clamping to
+  // that keeps the mask and keeps the kernels' int32 index arithmetic (row + offset + window)
+  // from overflowing on huge windows such as 2**31 - 1.
+  const int64_t window_cap = int64_t(p->seqlen_q) + p->seqlen_k;
+  auto clamp_window = [&](int32_t w) {
+    return w < 0 ? -1 : static_cast<int>(std::min<int64_t>(w, window_cap));
+  };
+  p->mask.window_left = clamp_window(window_left);
+  p->mask.window_right = clamp_window(window_right);
   p->mask.causal = p->mask.window_right == 0 && p->mask.window_left < 0;
   p->mask.softcap = softcap;
   p->num_sms = NumSms();

@@ -570,8 +570,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       row_mult[i] = qd * (kSoftcap ? p.softcap_scale : p.scale_log2);
     }
 
-    // softcap, mask, online softmax of block n with k descale kd.
-    auto softmax_step = [&](int n, float kd, bool first) {
+    // softcap, mask, online softmax of block n with k descale kd. `needs_mask`: the block's mask
+    // test, computed here unless the caller passes it (a bool; the serial order computes it
+    // before its QK^T wait); the other orders test here, as before (testing at their call sites
+    // measured 3% slower at d 256, H200).
+    auto softmax_step = [&](int n, float kd, bool first, auto needs_mask) {
       float row_c[kRows];  // log2 scale of each row's raw logits for this block
       if constexpr (kSoftcap) {
         CUTE_UNROLL
@@ -586,7 +589,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         CUTE_UNROLL
         for (int i = 0; i < kRows; ++i) row_c[i] = fmaxf(row_mult[i] * kd, 1e-30f);
       }
-      if (mask.block_needs_mask(n)) mask.apply(S, cS, n);
+      bool masked;
+      if constexpr (std::is_same_v<decltype(needs_mask), bool>) masked = needs_mask;
+      else masked = mask.block_needs_mask(n);
+      if (masked) mask.apply(S, cS, n);
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
         float m[kCols];
@@ -629,6 +635,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       }
     };
 
+    constexpr std::false_type kTestMaskHere{};
     const BlockOrder order(r, m_block, p.rotate_blocks);
     float kd_next = k_descale[order(0)];
     ClusterBarrier::wait(&ss.bar.q_full, tiles_done & 1);
@@ -643,7 +650,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     warpgroup_fence_operand(tSrS);
     release(&ss.bar.k_empty[k_stage]);
     if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
-    softmax_step(order(0), kd, true);
+    softmax_step(order(0), kd, true, kTestMaskHere);
     convert_p();
     clear(tOrO);
 
@@ -651,12 +658,15 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       if constexpr (Traits::kSerialGemms) {
         // The pingpong turn covers both GEMMs (passing it after the PV issue measured 2-4% slower
         // at 16k tokens, no turn at all noisier).
-        pingpong_wait();
+        // Both data waits come before the turn and the mask test before the QK^T wait, so that
+        // their latencies stay out of the turn and out of the chain after the GEMMs (+1-2% at
+        // 4k-8k tokens, even at 16k; H200, RESULTS.md "FP8: P through shared memory").
         ClusterBarrier::wait(&ss.bar.v_full[v_stage], v_phase);
+        ClusterBarrier::wait(&ss.bar.k_full[k_stage], k_phase);
+        pingpong_wait();
         wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, v_stage), tOrO);
         kd = kd_next;
         if (j + 1 < order.count()) kd_next = k_descale[order(j + 1)];
-        ClusterBarrier::wait(&ss.bar.k_full[k_stage], k_phase);
         warpgroup_wait<0>();
         warpgroup_fence_operand(tOrO);
         warpgroup_fence_operand(tOrP);
@@ -664,11 +674,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
         wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
         pingpong_pass();
+        const bool needs_mask = mask.block_needs_mask(order(j));
         warpgroup_wait<0>();
         warpgroup_fence_operand(tSrS);
         release(&ss.bar.k_empty[k_stage]);
         if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
-        softmax_step(order(j), kd, false);
+        softmax_step(order(j), kd, false, needs_mask);
         rescale_o(O, row_scale);
         convert_p();
         continue;
@@ -685,7 +696,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       warpgroup_fence_operand(tSrS);
       release(&ss.bar.k_empty[k_stage]);
       if (++k_stage == kStages) { k_stage = 0; k_phase ^= 1; }
-      softmax_step(order(j), kd, false);
+      softmax_step(order(j), kd, false, kTestMaskHere);
       // (No softmax_before_wait here: the PV wait hoisted above the softmax measured 8% faster
       // at head dim 128 than the overlapped order; see fwd_sm90_kernel.h.)
       warpgroup_wait<0>();
