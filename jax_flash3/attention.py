@@ -255,7 +255,8 @@ def flash_attention(
       softmax_scale: logit scale, default ``1 / sqrt(D)``.
       window: ``(left, right)`` local attention: key ``j`` is visible to query ``i`` iff
         ``i + Sk - Sq - left <= j <= i + Sk - Sq + right``; ``None`` or ``-1`` on a side means
-        unbounded. With ``causal=True`` the right side is 0.
+        unbounded, and so does any side of ``Sq + Sk`` or more (e.g. ``2**31 - 1``). With
+        ``causal=True`` the right side is 0.
       softcap: if set (> 0), logits become ``softcap * tanh(logits / softcap)`` after scaling and
         before masking.
       return_lse: also return the float32 log-sum-exp ``(B, Hq, Sq)`` (natural log).
