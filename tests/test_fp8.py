@@ -1186,6 +1186,48 @@ def test_gpu_fp8_forward_is_deterministic(case):
         assert diff == 0, f"{name}: {diff} of {a.size} elements differ between two runs"
 
 
+# Key blocks whose logits jump above the rows' running max well after the first block: the
+# kernel's online softmax must then move the max (and rescale O and the row sums) rather than
+# keep it. With random keys the max settles within a few blocks, so these scale k's block
+# descales along the keys: "ramp" grows every block's logits, "spike" makes one late block's
+# 6x larger, "late" keeps the first half of the keys tiny. Pre-pass kernels (serial GEMMs at
+# d 128) and the in-kernel ones, causal, softcap.
+RUNNING_MAX_CASES = {
+    "d128-prepass": Case(b=1, sq=1100, sk=3000, hq=2, hk=1, d=128),
+    "d128-prepass-causal": Case(b=1, sq=2500, sk=2500, hq=1, hk=1, d=128, causal=True),
+    "d128-prepass-softcap": Case(b=1, sq=1100, sk=2000, hq=2, hk=1, d=128, softcap=20.0),
+    "d128-in-kernel": Case(b=1, sq=300, sk=3000, hq=2, hk=1, d=128),
+    "d64": Case(b=1, sq=1000, sk=2000, hq=2, hk=1, d=64),
+    "d256": Case(b=1, sq=1000, sk=2000, hq=2, hk=1, d=256),
+}
+
+
+def _moving_max_inputs(case: Case, profile: str, seed: int) -> Fp8Inputs:
+    x = make_fp8_inputs(case, seed, ("block", "block", "bh"))
+    kd = np.array(x.kd)  # (B, Hk, n)
+    n = kd.shape[-1]
+    if profile == "ramp":
+        factor = 1.0 + 0.5 * np.arange(n)
+    elif profile == "spike":
+        factor = np.ones(n)
+        factor[max(n - 3, 1)] = 6.0
+    else:  # "late"
+        factor = np.where(np.arange(n) < n // 2, 0.05, 3.0)
+    kd = (kd * factor).astype(np.float32)
+    k = np.asarray(x.k8).astype(np.float64) * expand_descale(kd, case.b, case.sk, case.hk)
+    return x._replace(kd=kd, k=k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("profile", ["ramp", "spike", "late"])
+@pytest.mark.parametrize("case", list(RUNNING_MAX_CASES.values()), ids=list(RUNNING_MAX_CASES))
+def test_gpu_fp8_running_max_moves_after_first_block(case, profile):
+    x = _moving_max_inputs(case, profile, seed_of(case, profile, "moving-max"))
+    decoy = make_fp8_inputs(case, seed_of(case, profile, "moving-max") + 1, ("block", "block", "bh"))
+    out, lse = run_poisoned(fp8_forward_fn(case, "cuda"), x.args, decoy.args)
+    check_fp8_kernel(f"cuda fp8 {profile}", case, out, lse, x)
+
+
 @pytest.mark.gpu
 def test_gpu_auto_picks_fp8_kernel_and_refuses_odd_head_dims():
     case = Case(b=1, sq=113, sk=1000, hq=4, hk=2, d=128, causal=True)
