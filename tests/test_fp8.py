@@ -1190,7 +1190,9 @@ def test_gpu_fp8_forward_is_deterministic(case):
 # kernel's online softmax must then move the max (and rescale O and the row sums) rather than
 # keep it. With random keys the max settles within a few blocks, so these scale k's block
 # descales along the keys: "ramp" grows every block's logits, "spike" makes one late block's
-# 6x larger, "late" keeps the first half of the keys tiny. Pre-pass kernels (serial GEMMs at
+# 6x larger, "late" keeps the first half of the keys tiny, "jump" makes one late block's 100x
+# larger (logits hundreds of units above the running max); "flat" repeats one key across each
+# block (a row's scores are equal within a block: large row sums, no max move). Pre-pass kernels (serial GEMMs at
 # d 128) and the in-kernel ones, causal, softcap.
 RUNNING_MAX_CASES = {
     "d128-prepass": Case(b=1, sq=1100, sk=3000, hq=2, hk=1, d=128),
@@ -1211,15 +1213,25 @@ def _moving_max_inputs(case: Case, profile: str, seed: int) -> Fp8Inputs:
     elif profile == "spike":
         factor = np.ones(n)
         factor[max(n - 3, 1)] = 6.0
-    else:  # "late"
+    elif profile == "late":
         factor = np.where(np.arange(n) < n // 2, 0.05, 3.0)
+    elif profile == "jump":  # one late block's logits hundreds of units above the rest
+        factor = np.ones(n)
+        factor[max(n - 2, 1)] = 100.0
+    else:  # "flat": every key of a block the same, so a row's P are all equal within a block
+        factor = np.ones(n)
     kd = (kd * factor).astype(np.float32)
-    k = np.asarray(x.k8).astype(np.float64) * expand_descale(kd, case.b, case.sk, case.hk)
-    return x._replace(kd=kd, k=k)
+    k8 = x.k8
+    if profile == "flat":
+        k8 = np.array(k8)
+        for b0 in range(0, case.sk, BLOCK):
+            k8[:, b0 : b0 + BLOCK] = k8[:, b0 : b0 + 1]
+    k = np.asarray(k8).astype(np.float64) * expand_descale(kd, case.b, case.sk, case.hk)
+    return x._replace(k8=k8, kd=kd, k=k)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("profile", ["ramp", "spike", "late"])
+@pytest.mark.parametrize("profile", ["ramp", "spike", "late", "jump", "flat"])
 @pytest.mark.parametrize("case", list(RUNNING_MAX_CASES.values()), ids=list(RUNNING_MAX_CASES))
 def test_gpu_fp8_running_max_moves_after_first_block(case, profile):
     x = _moving_max_inputs(case, profile, seed_of(case, profile, "moving-max"))
