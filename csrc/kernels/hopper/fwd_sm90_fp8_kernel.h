@@ -194,8 +194,10 @@ CUTE_DEVICE BlockRange piece_range(BlockRange r, int piece, int pieces) {
 // put e4m3 P's rounding into the LSE (H200; benchmarks/RESULTS.md, FP8 v5). Also measured on
 // the 3-warpgroup serial loop and dropped (RESULTS.md, "FP8: where the d128 serial loop's time is
 // not"): a warp vote that skips the quad-max shuffles when no row's max moves (neutral, -2% at
-// 4k), exps against the kept max with a QK^T recompute when it moves (-28%, spills), and one or
-// two softmax tokens among the consumer warpgroups (0% to -9%).
+// 4k), exps against the kept max with a QK^T recompute when it moves (-28%, spills), the same
+// checked by the row sums with a warp-level recompute (-1% to -9%; without the max at all the
+// loop would run ~18% faster), and one or two softmax tokens among the consumer warpgroups (0% to
+// -9%).
 //
 // Tile choices (smem: Q + kStages * (K + Vt) + kRawStages * V + O(bf16); limit 227 KB):
 //   d 64 : 192 x 128, 3 WGs: 12 + 2*(8+8) + 2*8 + 24 = 84 KB; S 64 + P 16 + O 32 regs in 160.
