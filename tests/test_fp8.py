@@ -1189,11 +1189,9 @@ def test_gpu_fp8_forward_is_deterministic(case):
 # Key blocks whose logits jump above the rows' running max well after the first block: the
 # kernel's online softmax must then move the max (and rescale O and the row sums) rather than
 # keep it. With random keys the max settles within a few blocks, so these scale k's block
-# descales along the keys: "ramp" grows every block's logits, "spike" makes one late block's
-# 6x larger, "late" keeps the first half of the keys tiny, "jump" makes one late block's 100x
-# larger (logits hundreds of units above the running max); "flat" repeats one key across each
-# block (a row's scores are equal within a block: large row sums, no max move). Pre-pass kernels (serial GEMMs at
-# d 128) and the in-kernel ones, causal, softcap.
+# descales along the keys (MOVING_MAX_FACTORS, per key block of n). "flat" instead repeats one
+# key across each block: a row's scores are equal within a block (large row sums, no max move).
+# Pre-pass kernels (serial GEMMs at d 128) and the in-kernel ones, causal, softcap.
 RUNNING_MAX_CASES = {
     "d128-prepass": Case(b=1, sq=1100, sk=3000, hq=2, hk=1, d=128),
     "d128-prepass-causal": Case(b=1, sq=2500, sk=2500, hq=1, hk=1, d=128, causal=True),
@@ -1204,23 +1202,25 @@ RUNNING_MAX_CASES = {
 }
 
 
+def _one_block(n: int, block: int, value: float) -> np.ndarray:
+    factor = np.ones(n)
+    factor[block] = value
+    return factor
+
+
+MOVING_MAX_FACTORS = {
+    "ramp": lambda n: 1.0 + 0.5 * np.arange(n),  # every block's logits larger than the last
+    "spike": lambda n: _one_block(n, max(n - 3, 1), 6.0),  # one late block 6x
+    "late": lambda n: np.where(np.arange(n) < n // 2, 0.05, 3.0),  # first half tiny
+    "jump": lambda n: _one_block(n, max(n - 2, 1), 100.0),  # hundreds of units above the max
+    "flat": lambda n: np.ones(n),
+}
+
+
 def _moving_max_inputs(case: Case, profile: str, seed: int) -> Fp8Inputs:
     x = make_fp8_inputs(case, seed, ("block", "block", "bh"))
     kd = np.array(x.kd)  # (B, Hk, n)
-    n = kd.shape[-1]
-    if profile == "ramp":
-        factor = 1.0 + 0.5 * np.arange(n)
-    elif profile == "spike":
-        factor = np.ones(n)
-        factor[max(n - 3, 1)] = 6.0
-    elif profile == "late":
-        factor = np.where(np.arange(n) < n // 2, 0.05, 3.0)
-    elif profile == "jump":  # one late block's logits hundreds of units above the rest
-        factor = np.ones(n)
-        factor[max(n - 2, 1)] = 100.0
-    else:  # "flat": every key of a block the same, so a row's P are all equal within a block
-        factor = np.ones(n)
-    kd = (kd * factor).astype(np.float32)
+    kd = (kd * MOVING_MAX_FACTORS[profile](kd.shape[-1])).astype(np.float32)
     k8 = x.k8
     if profile == "flat":
         k8 = np.array(k8)
@@ -1231,11 +1231,12 @@ def _moving_max_inputs(case: Case, profile: str, seed: int) -> Fp8Inputs:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("profile", ["ramp", "spike", "late", "jump", "flat"])
+@pytest.mark.parametrize("profile", list(MOVING_MAX_FACTORS))
 @pytest.mark.parametrize("case", list(RUNNING_MAX_CASES.values()), ids=list(RUNNING_MAX_CASES))
 def test_gpu_fp8_running_max_moves_after_first_block(case, profile):
-    x = _moving_max_inputs(case, profile, seed_of(case, profile, "moving-max"))
-    decoy = make_fp8_inputs(case, seed_of(case, profile, "moving-max") + 1, ("block", "block", "bh"))
+    seed = seed_of(case, profile, "moving-max")
+    x = _moving_max_inputs(case, profile, seed)
+    decoy = make_fp8_inputs(case, seed + 1, ("block", "block", "bh"))
     out, lse = run_poisoned(fp8_forward_fn(case, "cuda"), x.args, decoy.args)
     check_fp8_kernel(f"cuda fp8 {profile}", case, out, lse, x)
 
