@@ -1191,7 +1191,10 @@ def test_gpu_fp8_forward_is_deterministic(case):
 # keep it. With random keys the max settles within a few blocks, so these scale k's block
 # descales along the keys (MOVING_MAX_FACTORS, per key block of n). "flat" instead repeats one
 # key across each block: a row's scores are equal within a block (large row sums, no max move).
-# Pre-pass kernels (serial GEMMs at d 128) and the in-kernel ones, causal, softcap.
+# "negative" gives some rows logits that are all negative (their block maxima too) and the
+# others all positive, mixed within each warp's rows: the kernels' block max must be right on
+# both sides of zero. Pre-pass kernels (serial GEMMs at d 128) and the in-kernel ones, causal,
+# softcap.
 RUNNING_MAX_CASES = {
     "d128-prepass": Case(b=1, sq=1100, sk=3000, hq=2, hk=1, d=128),
     "d128-prepass-causal": Case(b=1, sq=2500, sk=2500, hq=1, hk=1, d=128, causal=True),
@@ -1214,7 +1217,16 @@ MOVING_MAX_FACTORS = {
     "late": lambda n: np.where(np.arange(n) < n // 2, 0.05, 3.0),  # first half tiny
     "jump": lambda n: _one_block(n, max(n - 2, 1), 100.0),  # hundreds of units above the max
     "flat": lambda n: np.ones(n),
+    "negative": lambda n: np.ones(n),
 }
+
+# "negative": the first half of the head dims of every key are 16 (stored), those of a query +-16
+# by row and head: q.k is then +-(d/2) 256 (stored units) with a spread of (d/2)^0.5 256 from the
+# other half, 5.7 (d 64) to 11 (d 256) standard deviations, so a row's logits have one sign
+# throughout; every third group of 4 rows (and the other groups in odd heads) is negative. (Every
+# product stays as large as the random ones: larger ones would lose low bits in the FP8 tensor
+# cores' accumulation and move the lse by more than its tolerance, in any FP8 kernel.)
+NEGATIVE_VALUE = 16.0
 
 
 def _moving_max_inputs(case: Case, profile: str, seed: int) -> Fp8Inputs:
@@ -1226,6 +1238,17 @@ def _moving_max_inputs(case: Case, profile: str, seed: int) -> Fp8Inputs:
         k8 = np.array(k8)
         for b0 in range(0, case.sk, BLOCK):
             k8[:, b0 : b0 + BLOCK] = k8[:, b0 : b0 + 1]
+    if profile == "negative":
+        q8 = np.array(x.q8)
+        k8 = np.array(k8)
+        rows = np.arange(case.sq)[None, :, None]
+        heads = np.arange(case.hq)[None, None, :]
+        negative = ((rows // 4) % 3 == 0) != (heads % 2 == 1)
+        half = case.d // 2
+        q8[..., :half] = np.where(negative, -NEGATIVE_VALUE, NEGATIVE_VALUE)[..., None].astype(q8.dtype)
+        k8[..., :half] = k8.dtype.type(NEGATIVE_VALUE)
+        q = q8.astype(np.float64) * expand_descale(x.qd, case.b, case.sq, case.hq)
+        x = x._replace(q8=q8, q=q)
     k = np.asarray(k8).astype(np.float64) * expand_descale(kd, case.b, case.sk, case.hk)
     return x._replace(k8=k8, kd=kd, k=k)
 

@@ -246,6 +246,33 @@ struct MaxTree {
   }
 };
 
+// JF3_FP8_DPX=0 compiles the softmax's block max as the float tree alone (for A/Bs).
+#ifndef JF3_FP8_DPX
+#define JF3_FP8_DPX 1
+#endif
+// MaxTree's reduction on the bit patterns of floats as signed integers, three at a time with
+// Hopper's DPX 3-input max (VIMNMX3): one instruction per two elements instead of one per element.
+// Integer order is float order among non-negative floats and places every negative float (sign
+// bit set) below them, so the result is the float max whenever that max is >= +0; the caller
+// checks the sign and takes the float tree otherwise.
+template <int kN>
+struct IntMax3Tree {
+  static constexpr int kW = kN / 3;
+  static constexpr int kRem = kN - 3 * kW;
+  template <class A>
+  CUTE_DEVICE static void fold(A& m) {
+    if constexpr (kN == 2) {
+      m[0] = max(m[0], m[1]);
+    } else if constexpr (kN > 2) {
+      CUTE_UNROLL
+      for (int j = 0; j < kW; ++j) m[j] = __vimax3_s32(m[j], m[j + kW], m[j + 2 * kW]);
+      if constexpr (kRem == 1) m[0] = max(m[0], m[3 * kW]);
+      if constexpr (kRem == 2) m[0] = __vimax3_s32(m[0], m[3 * kW], m[3 * kW + 1]);
+      IntMax3Tree<kW>::fold(m);
+    }
+  }
+};
+
 // Four floats -> four e4m3 bytes of one register, a in the lowest byte (round to nearest,
 // saturating: P <= 256 is far below e4m3's 448).
 CUTE_DEVICE uint32_t pack_e4m3x4(float a, float b, float c, float d) {
@@ -599,14 +626,55 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       if constexpr (std::is_same_v<decltype(needs_mask), bool>) masked = needs_mask;
       else masked = mask.block_needs_mask(n);
       if (masked) mask.apply(S, cS, n);
+#if JF3_FP8_DPX
+      // Each thread's partial block maxima on integer bits (IntMax3Tree, half the instructions of
+      // the float tree). A negative partial (all of the thread's scores in that row negative, or
+      // masked) is not the float max: then the whole warp, after a vote, redoes its partials as
+      // float trees. Either way the partials are then right as floats, so the quad reduces them
+      // with fmaxf (non-negative floats order like their bits).
+      // (+1-1.5% at d 128, +2.5% at d 256 16k, +3-4% at d 64, H200; RESULTS.md "FP8: block max
+      // on integer bits". A per-thread fallback, or a warp vote after the quad shuffles, measured
+      // no better than the float tree.)
+      float raw_max[kRows];
+      int32_t part[kRows];
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
+        int32_t m[kCols];
+        CUTE_UNROLL
+        for (int j = 0; j < kCols; ++j) m[j] = __float_as_int(S(i, j));
+        IntMax3Tree<kCols>::fold(m);
+        part[i] = m[0];
+        raw_max[i] = __int_as_float(m[0]);
+      }
+      bool negative = false;
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) negative |= part[i] < 0;
+      if (__any_sync(0xffffffffu, negative)) {
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) {
+          float m[kCols];
+          CUTE_UNROLL
+          for (int j = 0; j < kCols; ++j) m[j] = S(i, j);
+          MaxTree<kCols>::fold(m);
+          // (fmaxf from -inf: an all-NaN row gives -inf, as the chain did)
+          raw_max[i] = fmaxf(-INFINITY, m[0]);
+        }
+      }
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) raw_max[i] = quad_max(raw_max[i]);
+#endif
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+#if JF3_FP8_DPX
+        const float mx = raw_max[i];
+#else
         float m[kCols];
         CUTE_UNROLL
         for (int j = 0; j < kCols; ++j) m[j] = S(i, j);
         MaxTree<kCols>::fold(m);
         // (fmaxf from -inf: an all-NaN row gives -inf, as the chain did)
         const float mx = quad_max(fmaxf(-INFINITY, m[0]));
+#endif
         const float block_max = mx == -INFINITY ? -INFINITY : mx * row_c[i];
         // The running max moves only when this block's exceeds it by more than the slack (a row
         // with nothing visible yet: -inf > -inf + slack is false, it stays -inf).
