@@ -562,6 +562,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   // with the stale max the slack allows (rescale_o in fwd_sm90_kernel.h).
   constexpr float kMaxOffset = 5.f;
   constexpr float kRescaleSlack = 3.f;
+  // The serial loop (d 128 pre-pass kernel) skips the integer max's negative-partial vote while
+  // every row's running max is >= -kRescaleSlack (max_safe below): +4% at d 128 16k, within 1%
+  // elsewhere there; the same at d 64 measured 3% slower, so the other kernels vote every block
+  // (H200; RESULTS.md "FP8: block max on integer bits").
+  constexpr bool kSkipSafeVote = JF3_FP8_DPX && Traits::kSerialGemms;
 
   int k_stage = 0, v_stage = 0;
   uint32_t k_phase = 0, v_phase = 0;
@@ -607,6 +612,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     // test, computed here unless the caller passes it (a bool; the serial order computes it
     // before its QK^T wait); the other orders test here, as before (testing at their call sites
     // measured 3% slower at d 256, H200).
+    // Whether every row of this warp has a running max >= -kRescaleSlack (set by each softmax_step
+    // for the next where kSkipSafeVote): then a block max below 0 cannot move any row's max (it
+    // moves only past max + slack >= 0), so a wrong negative integer max needs no fallback, and
+    // the step skips the negative-partial vote.
+    bool max_safe = false;
     auto softmax_step = [&](int n, float kd, bool first, auto needs_mask) {
       float row_c[kRows];  // log2 scale of each row's raw logits for this block
       if constexpr (kSoftcap) {
@@ -632,9 +642,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       // masked) is not the float max: then the whole warp, after a vote, redoes its partials as
       // float trees. Either way the partials are then right as floats, so the quad reduces them
       // with fmaxf (non-negative floats order like their bits).
-      // (+1-1.5% at d 128, +2.5% at d 256 16k, +3-4% at d 64, H200; RESULTS.md "FP8: block max
-      // on integer bits". A per-thread fallback, or a warp vote after the quad shuffles, measured
-      // no better than the float tree.)
+      // (+1-1.5% at d 128 (+4% at 16k with kSkipSafeVote), +2.5% at d 256 16k, +3-4% at d 64,
+      // H200; RESULTS.md "FP8: block max on integer bits". A per-thread fallback, or a warp vote
+      // after the quad shuffles, measured no better than the float tree.)
       float raw_max[kRows];
       int32_t part[kRows];
       CUTE_UNROLL
@@ -649,7 +659,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       bool negative = false;
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) negative |= part[i] < 0;
-      if (__any_sync(0xffffffffu, negative)) {
+      const bool check = kSkipSafeVote ? first || !max_safe : true;
+      if (check && __any_sync(0xffffffffu, negative)) {
         CUTE_UNROLL
         for (int i = 0; i < kRows; ++i) {
           float m[kCols];
@@ -692,6 +703,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
           sum += S(i, j);
         }
         row_sum[i] = first ? sum : row_sum[i] * row_scale[i] + sum;
+      }
+      if constexpr (kSkipSafeVote) {
+        bool safe = true;
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) safe &= row_max[i] >= -kRescaleSlack;  // -inf: not safe
+        max_safe = __all_sync(0xffffffffu, safe);
       }
     };
     // Accumulator registers -> e4m3 A fragment. In each 32-key slice the accumulator holds, per
