@@ -1218,6 +1218,7 @@ MOVING_MAX_FACTORS = {
     "jump": lambda n: _one_block(n, max(n - 2, 1), 100.0),  # hundreds of units above the max
     "flat": lambda n: np.ones(n),
     "negative": lambda n: np.ones(n),
+    "flip": lambda n: np.ones(n),
 }
 
 # "negative": the first half of the head dims of every key are 16 (stored), those of a query +-16
@@ -1226,6 +1227,10 @@ MOVING_MAX_FACTORS = {
 # throughout; every third group of 4 rows (and the other groups in odd heads) is negative. (Every
 # product stays as large as the random ones: larger ones would lose low bits in the FP8 tensor
 # cores' accumulation and move the lse by more than its tolerance, in any FP8 kernel.)
+# "flip": the same half of the dims, every query +16 and the keys +16 in even key blocks, -16 in
+# odd ones: each row's logits are all positive in every other block and all negative in the
+# rest, so blocks whose scores are all negative follow a positive running max (and precede it,
+# where the kernel takes an odd block first).
 NEGATIVE_VALUE = 16.0
 
 
@@ -1247,6 +1252,15 @@ def _moving_max_inputs(case: Case, profile: str, seed: int) -> Fp8Inputs:
         half = case.d // 2
         q8[..., :half] = np.where(negative, -NEGATIVE_VALUE, NEGATIVE_VALUE)[..., None].astype(q8.dtype)
         k8[..., :half] = k8.dtype.type(NEGATIVE_VALUE)
+        q = q8.astype(np.float64) * expand_descale(x.qd, case.b, case.sq, case.hq)
+        x = x._replace(q8=q8, q=q)
+    if profile == "flip":
+        q8 = np.array(x.q8)
+        k8 = np.array(k8)
+        half = case.d // 2
+        q8[..., :half] = q8.dtype.type(NEGATIVE_VALUE)
+        odd = (np.arange(case.sk) // BLOCK) % 2 == 1
+        k8[..., :half] = np.where(odd, -NEGATIVE_VALUE, NEGATIVE_VALUE)[None, :, None, None].astype(k8.dtype)
         q = q8.astype(np.float64) * expand_descale(x.qd, case.b, case.sq, case.hq)
         x = x._replace(q8=q8, q=q)
     k = np.asarray(k8).astype(np.float64) * expand_descale(kd, case.b, case.sk, case.hk)
