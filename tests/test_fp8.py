@@ -1243,24 +1243,19 @@ def _moving_max_inputs(case: Case, profile: str, seed: int) -> Fp8Inputs:
         k8 = np.array(k8)
         for b0 in range(0, case.sk, BLOCK):
             k8[:, b0 : b0 + BLOCK] = k8[:, b0 : b0 + 1]
-    if profile == "negative":
-        q8 = np.array(x.q8)
-        k8 = np.array(k8)
-        rows = np.arange(case.sq)[None, :, None]
-        heads = np.arange(case.hq)[None, None, :]
-        negative = ((rows // 4) % 3 == 0) != (heads % 2 == 1)
+    if profile in ("negative", "flip"):
+        if profile == "negative":  # sign by (row, head)
+            rows = np.arange(case.sq)[None, :, None]
+            heads = np.arange(case.hq)[None, None, :]
+            q_sign = np.where(((rows // 4) % 3 == 0) != (heads % 2 == 1), -1.0, 1.0)
+            k_sign = np.ones(case.sk)
+        else:  # sign by key block
+            q_sign = np.ones((1, case.sq, case.hq))
+            k_sign = np.where((np.arange(case.sk) // BLOCK) % 2 == 1, -1.0, 1.0)
         half = case.d // 2
-        q8[..., :half] = np.where(negative, -NEGATIVE_VALUE, NEGATIVE_VALUE)[..., None].astype(q8.dtype)
-        k8[..., :half] = k8.dtype.type(NEGATIVE_VALUE)
-        q = q8.astype(np.float64) * expand_descale(x.qd, case.b, case.sq, case.hq)
-        x = x._replace(q8=q8, q=q)
-    if profile == "flip":
-        q8 = np.array(x.q8)
-        k8 = np.array(k8)
-        half = case.d // 2
-        q8[..., :half] = q8.dtype.type(NEGATIVE_VALUE)
-        odd = (np.arange(case.sk) // BLOCK) % 2 == 1
-        k8[..., :half] = np.where(odd, -NEGATIVE_VALUE, NEGATIVE_VALUE)[None, :, None, None].astype(k8.dtype)
+        q8, k8 = np.array(x.q8), np.array(k8)
+        q8[..., :half] = (NEGATIVE_VALUE * q_sign)[..., None].astype(q8.dtype)
+        k8[..., :half] = (NEGATIVE_VALUE * k_sign)[None, :, None, None].astype(k8.dtype)
         q = q8.astype(np.float64) * expand_descale(x.qd, case.b, case.sq, case.hq)
         x = x._replace(q8=q8, q=q)
     k = np.asarray(k8).astype(np.float64) * expand_descale(kd, case.b, case.sk, case.hk)

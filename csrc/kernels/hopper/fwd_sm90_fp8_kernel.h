@@ -246,10 +246,6 @@ struct MaxTree {
   }
 };
 
-// JF3_FP8_DPX=0 compiles the softmax's block max as the float tree alone (for A/Bs).
-#ifndef JF3_FP8_DPX
-#define JF3_FP8_DPX 1
-#endif
 // MaxTree's reduction on the bit patterns of floats as signed integers, three at a time with
 // Hopper's DPX 3-input max (VIMNMX3): one instruction per two elements instead of one per element.
 // Integer order is float order among non-negative floats and places every negative float (sign
@@ -566,7 +562,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   // every row's running max is >= -kRescaleSlack (max_safe below): +4% at d 128 16k, within 1%
   // elsewhere there; the same at d 64 measured 3% slower, so the other kernels vote every block
   // (H200; RESULTS.md "FP8: block max on integer bits").
-  constexpr bool kSkipSafeVote = JF3_FP8_DPX && Traits::kSerialGemms;
+  constexpr bool kSkipSafeVote = Traits::kSerialGemms;
 
   int k_stage = 0, v_stage = 0;
   uint32_t k_phase = 0, v_phase = 0;
@@ -636,7 +632,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       if constexpr (std::is_same_v<decltype(needs_mask), bool>) masked = needs_mask;
       else masked = mask.block_needs_mask(n);
       if (masked) mask.apply(S, cS, n);
-#if JF3_FP8_DPX
       // Each thread's partial block maxima on integer bits (IntMax3Tree, half the instructions of
       // the float tree). A negative partial (all of the thread's scores in that row negative, or
       // masked) is not the float max: then the whole warp, after a vote, redoes its partials as
@@ -646,19 +641,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       // H200; RESULTS.md "FP8: block max on integer bits". A per-thread fallback, or a warp vote
       // after the quad shuffles, measured no better than the float tree.)
       float raw_max[kRows];
-      int32_t part[kRows];
+      bool negative = false;
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
         int32_t m[kCols];
         CUTE_UNROLL
         for (int j = 0; j < kCols; ++j) m[j] = __float_as_int(S(i, j));
         IntMax3Tree<kCols>::fold(m);
-        part[i] = m[0];
         raw_max[i] = __int_as_float(m[0]);
+        negative |= m[0] < 0;
       }
-      bool negative = false;
-      CUTE_UNROLL
-      for (int i = 0; i < kRows; ++i) negative |= part[i] < 0;
       const bool check = kSkipSafeVote ? first || !max_safe : true;
       if (check && __any_sync(0xffffffffu, negative)) {
         CUTE_UNROLL
@@ -671,21 +663,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
           raw_max[i] = fmaxf(-INFINITY, m[0]);
         }
       }
+      // (The shuffles in a loop of their own, as measured: inside the loop below they schedule
+      // differently.)
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) raw_max[i] = quad_max(raw_max[i]);
-#endif
       CUTE_UNROLL
       for (int i = 0; i < kRows; ++i) {
-#if JF3_FP8_DPX
         const float mx = raw_max[i];
-#else
-        float m[kCols];
-        CUTE_UNROLL
-        for (int j = 0; j < kCols; ++j) m[j] = S(i, j);
-        MaxTree<kCols>::fold(m);
-        // (fmaxf from -inf: an all-NaN row gives -inf, as the chain did)
-        const float mx = quad_max(fmaxf(-INFINITY, m[0]));
-#endif
         const float block_max = mx == -INFINITY ? -INFINITY : mx * row_c[i];
         // The running max moves only when this block's exceeds it by more than the slack (a row
         // with nothing visible yet: -inf > -inf + slack is false, it stays -inf).
