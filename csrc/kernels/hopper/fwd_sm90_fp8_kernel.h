@@ -604,15 +604,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       row_mult[i] = qd * (kSoftcap ? p.softcap_scale : p.scale_log2);
     }
 
-    // softcap, mask, online softmax of block n with k descale kd. `needs_mask`: the block's mask
-    // test, computed here unless the caller passes it (a bool; the serial order computes it
-    // before its QK^T wait); the other orders test here, as before (testing at their call sites
-    // measured 3% slower at d 256, H200).
     // Whether every row of this warp has a running max >= -kRescaleSlack (set by each softmax_step
     // for the next where kSkipSafeVote): then a block max below 0 cannot move any row's max (it
     // moves only past max + slack >= 0), so a wrong negative integer max needs no fallback, and
     // the step skips the negative-partial vote.
     bool max_safe = false;
+
+    // softcap, mask, online softmax of block n with k descale kd. `needs_mask`: the block's mask
+    // test, computed here unless the caller passes it (a bool; the serial order computes it
+    // before its QK^T wait); the other orders test here, as before (testing at their call sites
+    // measured 3% slower at d 256, H200).
     auto softmax_step = [&](int n, float kd, bool first, auto needs_mask) {
       float row_c[kRows];  // log2 scale of each row's raw logits for this block
       if constexpr (kSoftcap) {
