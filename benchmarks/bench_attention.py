@@ -14,8 +14,10 @@ With ``--fa3jax`` the peer ``flash_attn3_jax.flash_mha`` (wheel from
 ../shared/tools/peer_wheels.sh; hdim <= 128) is timed beside cuDNN on the same inputs, so the
 "best JAX peer" comparison needs no figures from another machine.
 
-With ``--fp8`` two forward-only columns join (same FLOP formula): ``fp8`` runs float8_e4m3fn
+With ``--fp8`` three forward-only columns join (same FLOP formula): ``fp8`` runs float8_e4m3fn
 inputs quantized beforehand (per-128-row block scales for q/k, per-head for v: the kernel alone),
+``fp8lse`` is the ``fp8`` call with ``return_lse=True`` (the exact-LSE kernel: without the LSE, the
+head dim 128 pre-pass kernel takes its row sums from the tensor cores),
 ``fp8q`` runs ``precision="fp8"`` on the bf16 inputs (Hadamard rotation + quantization inside the
 timed call, as a model would; at head dims <= 64 that includes the second e4m3 term of q and v,
 so the kernel runs at twice the head dim while the FLOP formula keeps the real one).
@@ -116,6 +118,12 @@ def bench_fp8(q, k, v, fl, causal, implementation):
         q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=causal,
         implementation=implementation)
     row = bench_one("fp8", quantized, q8, k8, v8, None, fl, with_bwd=False)
+    # The same call asking for the LSE: the exact-LSE kernel (fp32 row sums; see
+    # Fp8FwdParams::exact_lse), which the plain call above may skip.
+    with_lse = lambda q8, k8, v8: jax_flash3.flash_attention(
+        q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=causal, return_lse=True,
+        implementation=implementation)
+    row.update(bench_one("fp8lse", with_lse, q8, k8, v8, None, fl, with_bwd=False))
     inside = lambda q, k, v: jax_flash3.flash_attention(
         q, k, v, causal=causal, precision="fp8", implementation=implementation)
     row.update(bench_one("fp8q", inside, q, k, v, None, fl, with_bwd=False))
@@ -173,7 +181,8 @@ def main(argv=None):
                     if key in row:
                         return f"{row[key]:8.1f}"
                     return f"{'err' if row.get(key.split('_')[0] + '_error') else '-':>8}"
-                fp8_cols = (f" | fp8 {f('fp8_fwd_tflops')} fp8q {f('fp8q_fwd_tflops')} "
+                fp8_cols = (f" | fp8 {f('fp8_fwd_tflops')} fp8lse {f('fp8lse_fwd_tflops')} "
+                            f"fp8q {f('fp8q_fwd_tflops')} "
                             f"({row.get('fp8_fwd_tflops', 0) / row.get('jf3_fwd_tflops', float('inf')):.2f}x bf16)"
                             if args.fp8 else "")
                 fa3_cols = (f" | {f('fa3jax_fwd_tflops')} {f('fa3jax_bwd_tflops')}"

@@ -36,6 +36,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_flash3_fwd_fp8, jax_flash3::FwdFp8Impl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // q_descale (..., Hq, ceil(Sq/128))
                                   .Arg<ffi::Buffer<ffi::F32>>()  // k_descale (..., Hk, ceil(Sk/128))
                                   .Arg<ffi::Buffer<ffi::F32>>()  // v_descale (..., Hk)
+                                  .Attr<bool>("exact_lse")  // false: row sums may be approximate
                                   .Attr<float>("softmax_scale")
                                   .Attr<int32_t>("window_left")
                                   .Attr<int32_t>("window_right")

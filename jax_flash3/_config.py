@@ -28,6 +28,11 @@ class AttentionConfig:
     # Chosen by implementation="auto": when lowering for a non-CUDA platform, use the reference
     # path instead of the CUDA kernels.
     auto: bool = False
+    # FP8 forward only: whether the LSE must be exact, i.e. computed from float32 sums of the
+    # exps (the call returns it, or a backward reads it). False lets the kernel take its row sums
+    # from the tensor cores (faster; O normalized by sums of the same e4m3 P it multiplied, the
+    # LSE off by e4m3's rounding of P, up to a few 1e-2 on short rows).
+    exact_lse: bool = True
 
     def __post_init__(self):
         if self.implementation not in ("cuda", "reference"):

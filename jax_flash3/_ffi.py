@@ -205,6 +205,7 @@ def fwd_fp8(q, k, v, q_descale, k_descale, v_descale, cfg: AttentionConfig):
     out, lse, _ = call(
         q, k, v,
         q_descale.astype(jnp.float32), k_descale.astype(jnp.float32), v_descale.astype(jnp.float32),
+        exact_lse=np.bool_(cfg.exact_lse),
         **_attrs(cfg),
     )
     return out, lse

@@ -302,7 +302,8 @@ def flash_attention(
     if all(_is_array(x) and jnp.dtype(x.dtype) == FP8_DTYPE for x in (q, k, v)):
         from jax_flash3 import fp8  # noqa: PLC0415 (fp8 imports this module)
 
-        cfg = make_config(q, k, v, fp8=True, **kwargs)
+        # (No gradient flows through float8 inputs: the LSE must be exact only when returned.)
+        cfg = make_config(q, k, v, fp8=True, **kwargs).replace(exact_lse=bool(return_lse))
         out, lse = fp8.attention_quantized(q, k, v, q_descale, k_descale, v_descale, cfg)
         return (out, lse) if return_lse else out
     given = [name for name, x in descales.items() if x is not None]

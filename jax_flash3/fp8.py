@@ -463,7 +463,8 @@ def _fp8_attention(q, k, v, signs, cfg_fp8, cfg, granularity, residual):
 
 
 def _fp8_attention_fwd(q, k, v, signs, cfg_fp8, cfg, granularity, residual):
-    out, lse = _fp8_forward(q, k, v, signs, cfg_fp8, granularity, residual)
+    # The backward reads the LSE (P = exp(S - lse) at the unquantized inputs): always exact here.
+    out, lse = _fp8_forward(q, k, v, signs, cfg_fp8.replace(exact_lse=True), granularity, residual)
     return (out, lse), (q, k, v, signs, out, lse)
 
 
@@ -538,7 +539,8 @@ def attention(
         raise TypeError(f"residual must be None or a bool, got {type(residual).__name__}")
     kwargs = dict(causal=causal, softmax_scale=softmax_scale, window=window, softcap=softcap,
                   deterministic=deterministic, implementation=implementation)
-    cfg_fp8 = _api.make_config(q, k, v, fp8=True, **kwargs)
+    # Without return_lse the primal (no gradient) needs no exact LSE; the VJP's forward asks for it.
+    cfg_fp8 = _api.make_config(q, k, v, fp8=True, **kwargs).replace(exact_lse=bool(return_lse))
     if implementation == "cuda" and jnp.dtype(q.dtype) not in _ffi.CUDA_DTYPES:
         # float32 inputs: the FP8 forward runs the kernel; the backward can only be the reference.
         kwargs["implementation"] = "auto"

@@ -209,9 +209,9 @@ ffi::Error CheckDescale(const char* name, ffi::Span<const int64_t> got,
 
 ffi::Error FwdFp8Impl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                       ffi::Buffer<ffi::F32> q_descale, ffi::Buffer<ffi::F32> k_descale,
-                      ffi::Buffer<ffi::F32> v_descale, float softmax_scale, int32_t window_left,
-                      int32_t window_right, float softcap, ffi::Result<ffi::AnyBuffer> out,
-                      ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                      ffi::Buffer<ffi::F32> v_descale, bool exact_lse, float softmax_scale,
+                      int32_t window_left, int32_t window_right, float softcap,
+                      ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                       ffi::Result<ffi::Buffer<ffi::U8>> workspace) {
   Fp8FwdParams p;
   if (auto e = FillCommon(q, k, v, softmax_scale, window_left, window_right, softcap, &p,
@@ -247,6 +247,7 @@ ffi::Error FwdFp8Impl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, f
       lse->element_count() != size_t(p.batch) * p.heads_q * p.seqlen_q) {
     return ffi::Error::InvalidArgument("jax_flash3: out/lse sizes do not match q and v");
   }
+  p.exact_lse = exact_lse;
   p.q_descale = q_descale.typed_data();
   p.k_descale = k_descale.typed_data();
   p.v_descale = v_descale.typed_data();

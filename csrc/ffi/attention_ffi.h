@@ -22,9 +22,9 @@ ffi::Error FwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi:
 // (..., Hk, ceil(Sk/128)), v_descale f32 (..., Hk); out bfloat16 (..., Sq, Hq, Dv), D == Dv.
 ffi::Error FwdFp8Impl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                       ffi::Buffer<ffi::F32> q_descale, ffi::Buffer<ffi::F32> k_descale,
-                      ffi::Buffer<ffi::F32> v_descale, float softmax_scale, int32_t window_left,
-                      int32_t window_right, float softcap, ffi::Result<ffi::AnyBuffer> out,
-                      ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                      ffi::Buffer<ffi::F32> v_descale, bool exact_lse, float softmax_scale,
+                      int32_t window_left, int32_t window_right, float softcap,
+                      ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                       ffi::Result<ffi::Buffer<ffi::U8>> workspace);
 
 ffi::Error BwdImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,

@@ -71,6 +71,10 @@ struct Fp8FwdParams : FwdParams {
   const float* q_descale = nullptr;
   const float* k_descale = nullptr;
   const float* v_descale = nullptr;
+  // Whether the LSE must come from fp32 sums of the exps (the caller returns it or differentiates
+  // through it). false lets a kernel take its row sums from the tensor cores: O is then
+  // normalized by sums of the e4m3 P it multiplied, and the LSE carries that rounding.
+  bool exact_lse = true;
 };
 
 // Bytes of scratch each direction needs. Exported to Python through the binding so the custom

@@ -44,7 +44,8 @@ constexpr auto k_major_smem_atom_bytes() {
   else return GMMA::Layout_K_INTER_Atom<T>{};
 }
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kCanTranspose_ = true>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kCanTranspose_ = true,
+          bool kRowSumMma_ = false>
 struct Fp8FwdTraits {
   using Element = cutlass::float_e4m3_t;
   using OutElement = cutlass::bfloat16_t;
@@ -81,6 +82,18 @@ struct Fp8FwdTraits {
   // Whether the producer can transpose V (vt_in_kernel); without it only the pre-pass path is
   // compiled.
   static constexpr bool kCanTranspose = kCanTranspose_;
+  // Row sums on the tensor cores (the kernel for calls that need no exact LSE: Fp8FwdParams::
+  // exact_lse false). Behind each PV GEMM a second one, P (the same A registers) times an 8 x
+  // kBlockN tile of e4m3 ones in shared memory, leaves the block's sum_j P(i, j) in a 4-register
+  // accumulator, which is then added to the fp32 row sum: the softmax has no FADD per score. That
+  // accumulator is live only while the PV GEMM is, when S's registers are free. (The sums in
+  // extra columns of O's accumulator instead (PV at N = kHeadDim + 8) made ptxas serialize every
+  // WGMMA of the 3-warpgroup kernel (C7511) for want of registers; and kept running across blocks
+  // in the FP8 accumulator they lose low bits: RESULTS.md, FP8 v5.) The sums are of the e4m3 P
+  // the numerator used, so O is normalized consistently; the LSE then carries e4m3's rounding of
+  // P (up to a few 1e-2 on short rows), which is why calls that return the LSE or differentiate
+  // run the exact kernel.
+  static constexpr bool kRowSumMma = kRowSumMma_;
 
   using AtomLayoutMma = Layout<Shape<Int<kNumMmaWG>, _1, _1>>;
   using TiledMmaQK = decltype(make_tiled_mma(
@@ -90,6 +103,9 @@ struct Fp8FwdTraits {
   using TiledMmaPV = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>>(),
       AtomLayoutMma{}));
+  // kRowSumMma: P x ones (kBlockN x 8, K-major in smem).
+  using TiledMmaSum = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, Shape<_64, _8, Int<kBlockN>>>(), AtomLayoutMma{}));
 
   using SmemAtomQK = decltype(k_major_smem_atom_bytes<Element, kHeadDim>());
   using SmemLayoutQ = decltype(tile_to_shape(SmemAtomQK{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
@@ -100,6 +116,8 @@ struct Fp8FwdTraits {
                 "transpose_v_tile writes 128-byte-swizzled Vt rows");
   using SmemLayoutVt =
       decltype(tile_to_shape(SmemAtomVt{}, Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}));
+  // kRowSumMma's ones (any swizzle of them is the same bytes): one 1 KB swizzle atom at d 128.
+  using SmemLayoutOnes = decltype(tile_to_shape(SmemAtomVt{}, Shape<_8, Int<kBlockN>>{}));
   // V as TMA delivers it (keys x d), swizzled like K: the transpose's ldmatrix rows (8
   // consecutive keys) then fall in distinct banks.
   using SmemLayoutVraw =
@@ -141,6 +159,7 @@ struct Fp8FwdTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutVt>> smem_vt;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutVraw>> smem_vraw;
     alignas(1024) cute::array_aligned<OutElement, kOAliasRaw ? 8 : cosize_v<SmemLayoutO>> smem_o;
+    alignas(1024) cute::array_aligned<Element, kRowSumMma ? cosize_v<SmemLayoutOnes> : 16> smem_ones;
     alignas(16) Barriers bar;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
@@ -210,9 +229,12 @@ CUTE_DEVICE BlockRange piece_range(BlockRange r, int piece, int pieces) {
 template <int kHeadDim>
 struct Fp8FwdConfig;
 // Traits runs either V path; TraitsPrepass, where given, is a kernel for the pre-pass path only.
+// TraitsFastSum, where not void: the pre-pass kernel with row sums on the tensor cores, for calls
+// that need no exact LSE (Fp8FwdParams::exact_lse false) and no softcap.
 template <> struct Fp8FwdConfig<64> {
   using Traits = Fp8FwdTraits<64, 192, 128, 2>;
   using TraitsPrepass = Traits;
+  using TraitsFastSum = void;
 };
 // The pre-pass kernel has 3 consumer warpgroups (a third warp per scheduler to hide the softmax's
 // latencies) and serial GEMMs to fit them in registers: +9-12% at 4k-16k tokens non-causal over
@@ -221,6 +243,7 @@ template <> struct Fp8FwdConfig<64> {
 template <> struct Fp8FwdConfig<128> {
   using Traits = Fp8FwdTraits<128, 128, 128, 2>;
   using TraitsPrepass = Fp8FwdTraits<128, 192, 128, 2, false>;
+  using TraitsFastSum = Fp8FwdTraits<128, 192, 128, 2, false, true>;
 };
 // At d 256 the consumers' 240 registers are tight: compiling the transpose into the same kernel
 // perturbs their allocation (20 -> 64 spill instructions) and cost 8% at 16k tokens with the
@@ -228,6 +251,7 @@ template <> struct Fp8FwdConfig<128> {
 template <> struct Fp8FwdConfig<256> {
   using Traits = Fp8FwdTraits<256, 128, 128, 2>;
   using TraitsPrepass = Fp8FwdTraits<256, 128, 128, 2, false>;
+  using TraitsFastSum = void;
 };
 
 // Max of a row's kN scores as a pairwise tree: depth log2(kN) instead of one kN-long FMNMX chain
@@ -382,6 +406,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       ClusterBarrier::init(&ss.bar.sched_empty[s], kNumMmaWarps);
     }
     cutlass::arch::fence_barrier_init();
+  }
+  if constexpr (Traits::kRowSumMma) {
+    // e4m3 1.0 (0x38) everywhere in the ones tile; nothing writes it again.
+    constexpr int kVecs = int(sizeof(ss.smem_ones)) / 16;
+    for (int i = threadIdx.x; i < kVecs; i += Traits::kNumThreads)
+      reinterpret_cast<uint4*>(ss.smem_ones.data())[i] = make_uint4(0x38383838u, 0x38383838u, 0x38383838u, 0x38383838u);
+    cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> visible to WGMMA
   }
   __syncthreads();
 
@@ -544,6 +575,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   // P as the e4m3 A operand: ((4, 2, 2), MMA_M = 1, kBlockN / 32), 4 registers per 32 keys.
   Tensor tOrP = make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kBlockM>, Int<kBlockN>>{}));
   static_assert(decltype(size(tOrP))::value == decltype(size(tSrS))::value);
+  // kRowSumMma: P x ones -> the block's row sums (every column of a row holds its whole sum).
+  typename Traits::TiledMmaSum mma_sum;
+  Tensor sOnes = make_tensor(make_smem_ptr(ss.smem_ones.data()), typename Traits::SmemLayoutOnes{});
+  Tensor tSumB = mma_sum.get_thread_slice(mma_tid).partition_fragment_B(sOnes);  // (MMA, 1, MMA_K)
+  Tensor tSum = partition_fragment_C(mma_sum, Shape<Int<kBlockM>, _8>{});
+  Tensor Sum = make_tensor(tSum.data(), acc_rowcol(tSum.layout()));
+  static_assert(!Traits::kRowSumMma || decltype(size<1>(tSumB))::value == 1);
 
   Tensor S = make_tensor(tSrS.data(), acc_rowcol(tSrS.layout()));
   Tensor O = make_tensor(tOrO.data(), acc_rowcol(tOrO.layout()));
@@ -681,13 +719,19 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         row_scale[i] =
             grow && !first ? exp2f(row_max[i] - (new_max == -INFINITY ? 0.f : new_max)) : 1.f;
         row_max[i] = new_max;
-        float sum = 0.f;
-        CUTE_UNROLL
-        for (int j = 0; j < kCols; ++j) {
-          S(i, j) = exp2f(fmaf(S(i, j), row_c[i], -sub));
-          sum += S(i, j);
+        if constexpr (Traits::kRowSumMma) {  // the sum GEMM adds P's sums (take_sums)
+          CUTE_UNROLL
+          for (int j = 0; j < kCols; ++j) S(i, j) = exp2f(fmaf(S(i, j), row_c[i], -sub));
+          row_sum[i] = first ? 0.f : row_sum[i] * row_scale[i];
+        } else {
+          float sum = 0.f;
+          CUTE_UNROLL
+          for (int j = 0; j < kCols; ++j) {
+            S(i, j) = exp2f(fmaf(S(i, j), row_c[i], -sub));
+            sum += S(i, j);
+          }
+          row_sum[i] = first ? sum : row_sum[i] * row_scale[i] + sum;
         }
-        row_sum[i] = first ? sum : row_sum[i] * row_scale[i] + sum;
       }
       if constexpr (kSkipSafeVote) {
         bool safe = true;
@@ -696,6 +740,21 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         max_safe = __all_sync(0xffffffffu, safe);
       }
     };
+    // kRowSumMma: the PV GEMM of a block and its sum GEMM, issued together (one commit group each).
+    auto issue_pv = [&](int stage) {
+      wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
+      if constexpr (Traits::kRowSumMma) wgmma_issue<true, true>(mma_sum, tOrP, tSumB, tSum);
+    };
+    // kRowSumMma, once that block's sum GEMM has finished: its row sums into row_sum, times
+    // `scale` (nullptr: 1, no softmax step since that block's; else that step's row_scale).
+    auto take_sums = [&](const float* scale) {
+      if constexpr (Traits::kRowSumMma) {
+        warpgroup_fence_operand(tSum);
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) row_sum[i] = scale ? fmaf(Sum(i, 0), scale[i], row_sum[i]) : row_sum[i] + Sum(i, 0);
+      }
+    };
+
     // Accumulator registers -> e4m3 A fragment. In each 32-key slice the accumulator holds, per
     // 8-column group g, (row r: c, c+1; row r+8: c, c+1); register a0 takes row r of groups 0-1,
     // a1 row r+8 of groups 0-1, a2/a3 the same for groups 2-3 (see fp8_key_of_slot).
@@ -740,7 +799,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         ClusterBarrier::wait(&ss.bar.v_full[v_stage], v_phase);
         ClusterBarrier::wait(&ss.bar.k_full[k_stage], k_phase);
         pingpong_wait();
-        wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, v_stage), tOrO);
+        issue_pv(v_stage);
         kd = kd_next;
         if (j + 1 < order.count()) kd_next = k_descale[order(j + 1)];
         warpgroup_wait<0>();
@@ -748,6 +807,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         warpgroup_fence_operand(tOrP);
         release(&ss.bar.v_empty[v_stage]);
         if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+        take_sums(nullptr);
         wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
         pingpong_pass();
         const bool needs_mask = mask.block_needs_mask(order(j));
@@ -764,7 +824,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       pingpong_wait();
       wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
       ClusterBarrier::wait(&ss.bar.v_full[v_stage], v_phase);
-      wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, v_stage), tOrO);
+      issue_pv(v_stage);
       pingpong_pass();
       kd = kd_next;
       if (j + 1 < order.count()) kd_next = k_descale[order(j + 1)];
@@ -780,6 +840,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       warpgroup_fence_operand(tOrP);
       release(&ss.bar.v_empty[v_stage]);
       if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+      take_sums(row_scale);  // block j - 1's, after step j's rescale of row_sum
       rescale_o(O, row_scale);
       convert_p();
     }
@@ -788,11 +849,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     release(&ss.bar.q_empty);
 
     ClusterBarrier::wait(&ss.bar.v_full[v_stage], v_phase);
-    wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, v_stage), tOrO);
+    issue_pv(v_stage);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrO);
     release(&ss.bar.v_empty[v_stage]);
     if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
+    take_sums(nullptr);
 
     if (piece >= 0) {
       // Split tail: leave this piece's O, max and partial sums (thread-interleaved, so a warp's
@@ -855,7 +917,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     float lse[kRows];
     CUTE_UNROLL
     for (int i = 0; i < kRows; ++i) {
-      const float sum = quad_sum(row_sum[i]);
+      // (With kRowSumMma every thread already holds its rows' whole sums.)
+      const float sum = Traits::kRowSumMma ? row_sum[i] : quad_sum(row_sum[i]);
       const bool empty = sum == 0.f || sum != sum;
       const float inv = empty ? 0.f : v_descale / sum;
       lse[i] = empty ? -INFINITY : (row_max[i] - kMaxOffset) * float(M_LN2) + __logf(sum);
@@ -967,6 +1030,11 @@ cudaError_t run_fwd_sm90_fp8_hdim(const Fp8FwdParams& p, bool vt_in_kernel, cons
                                   size_t split_offset, cudaStream_t stream) {
   using Traits = typename Fp8FwdConfig<kHeadDim>::Traits;
   using TraitsPrepass = typename Fp8FwdConfig<kHeadDim>::TraitsPrepass;
+  using TraitsFastSum = typename Fp8FwdConfig<kHeadDim>::TraitsFastSum;
+  if constexpr (!std::is_void_v<TraitsFastSum>) {
+    if (!vt_in_kernel && !p.exact_lse && p.mask.softcap == 0.f)
+      return launch_fwd_sm90_fp8<TraitsFastSum, false>(p, false, plan, split_offset, stream);
+  }
   if (!vt_in_kernel && !std::is_same_v<Traits, TraitsPrepass>) {
     if (p.mask.softcap != 0.f)
       return launch_fwd_sm90_fp8<TraitsPrepass, true>(p, false, plan, split_offset, stream);

@@ -185,6 +185,9 @@ static int nblocks(int s) { return (s + kFp8ScaleBlock - 1) / kFp8ScaleBlock; }
 
 // FP8_HARNESS_NO_OUTLIERS=1: plain N(0,1) inputs (separates the outliers' effect on the error).
 static bool g_outliers = std::getenv("FP8_HARNESS_NO_OUTLIERS") == nullptr;
+// FP8_HARNESS_FAST_SUM=1: calls without an exact LSE (Fp8FwdParams::exact_lse false), i.e. the
+// kernel with row sums on the tensor cores where one exists.
+static bool g_exact_lse = std::getenv("FP8_HARNESS_FAST_SUM") == nullptr;
 
 static void prepare(const Config& c, Buffers& buf, uint64_t seed, bool bf16_too) {
   const size_t nq = size_t(c.batch) * c.sq * c.hq * c.d, nkv = size_t(c.batch) * c.sk * c.hk * c.d;
@@ -229,6 +232,7 @@ static Fp8FwdParams make_params(const Config& c, Buffers& buf) {
   p.mask.causal = c.causal;
   p.mask.softcap = c.softcap;
   p.dtype = DType::kFP8E4M3;
+  p.exact_lse = g_exact_lse;
   // Exactly what the exported query (jax_flash3_fwd_fp8_workspace_bytes) asks for.
   Fp8FwdParams shape = p;
   shape.q = shape.k = shape.v = nullptr;
@@ -398,8 +402,9 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "all";
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs; outliers %s\n", prop.name, prop.multiProcessorCount,
-              g_outliers ? "on" : "off (FP8_HARNESS_NO_OUTLIERS)");
+  std::printf("device: %s, %d SMs; outliers %s; %s\n", prop.name, prop.multiProcessorCount,
+              g_outliers ? "on" : "off (FP8_HARNESS_NO_OUTLIERS)",
+              g_exact_lse ? "exact LSE" : "fast sums (FP8_HARNESS_FAST_SUM)");
   Buffers buf;
   int failures = 0, total = 0;
   if (mode == "all" || mode == "check" || mode == "small") {
@@ -428,6 +433,36 @@ int main(int argc, char** argv) {
     }
     std::printf("fp8 d=%d s=%d causal=%d: %.1f TFLOPs/s\n", d, s, causal,
                 time_tflops(c, reps, [&] { return run_fwd_fp8(p, 0); }));
+    return 0;
+  }
+  if (mode == "ab") {
+    // ab D S causal reps rounds: exact-LSE and fast-sum calls of one config (16k tokens, hidden
+    // 2048) in alternating order, same process and inputs.
+    if (argc < 5) {
+      std::fprintf(stderr, "usage: %s ab <head dim> <seqlen> <causal 0/1> [reps] [rounds]\n", argv[0]);
+      return 2;
+    }
+    const int d = std::atoi(argv[2]), s = std::atoi(argv[3]), causal = std::atoi(argv[4]);
+    const int reps = argc > 5 ? std::atoi(argv[5]) : 20, rounds = argc > 6 ? std::atoi(argv[6]) : 4;
+    Config c{16384 / s, s, s, 2048 / d, 2048 / d, d, bool(causal), -1, -1, 0};
+    prepare(c, buf, 1234, true);
+    Fp8FwdParams p = make_params(c, buf);
+    Fp8FwdParams pf = p;
+    p.exact_lse = true;
+    pf.exact_lse = false;
+    std::printf("ab d=%d s=%d causal=%d:", d, s, causal);
+    for (int r = 0; r < rounds; ++r) {
+      double te, tf;
+      if (r & 1) {
+        tf = time_tflops(c, reps, [&] { return run_fwd_fp8(pf, 0); });
+        te = time_tflops(c, reps, [&] { return run_fwd_fp8(p, 0); });
+      } else {
+        te = time_tflops(c, reps, [&] { return run_fwd_fp8(p, 0); });
+        tf = time_tflops(c, reps, [&] { return run_fwd_fp8(pf, 0); });
+      }
+      std::printf("  exact %.1f / fast %.1f", te, tf);
+    }
+    std::printf("\n");
     return 0;
   }
   if (mode == "all" || mode == "bench") {
