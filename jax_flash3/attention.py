@@ -259,7 +259,9 @@ def flash_attention(
         ``causal=True`` the right side is 0.
       softcap: if set (> 0), logits become ``softcap * tanh(logits / softcap)`` after scaling and
         before masking.
-      return_lse: also return the float32 log-sum-exp ``(B, Hq, Sq)`` (natural log).
+      return_lse: also return the float32 log-sum-exp ``(B, Hq, Sq)`` (natural log). FP8 calls
+        without it may take the softmax's row sums from the tensor cores (faster; see README.md,
+        "FP8 forward").
       deterministic: make the CUDA backward bit-reproducible run to run (slower). The reference
         path is always deterministic.
       implementation: ``"auto"`` (the CUDA kernels when the inputs live on an sm_90 GPU and the

@@ -1162,14 +1162,16 @@ def test_gpu_fp8_forward(case, layouts):
 
 
 # Without return_lse (and no softcap) the pre-pass kernel at head dims 96/128 takes its row sums
-# from the tensor cores (Fp8FwdParams::exact_lse, fwd_sm90_fp8_kernel.h): O = sum_j P'_ij v_j /
-# sum_j P'_ij with P' the e4m3-rounded P, a convex combination again. With P' = p (1 + e_j),
+# from the tensor cores (Fp8FwdParams::exact_lse, fwd_sm90_fp8_kernel.h): O = sum_j P'_ij
+# v_j / sum_j P'_ij with P' the e4m3-rounded P, a convex combination again. With P' = p (1 + e_j),
 # |e_j| <= 2^-4, and w the normalized p, its error from P's rounding is sum_j w_j (e_j - m) v_j /
 # (1 + m), m = sum_j w_j e_j: at most 2^-4 (pv_abs + |out|), i.e. the exact kernel's bound plus
 # E4M3_REL * |oracle| (with 1/8 slack for |out| vs |oracle|). These cases reach that kernel
 # (pre-pass: Sq * (Hq / Hk) > 1024, or > 2048 with a mask) through its split tail, GQA, windows,
-# causal and dead rows; the last ones run kernels that ignore the flag (d 64, d 256, softcap,
-# in-kernel V), whose output must then equal the return_lse=True call's bit for bit.
+# causal and dead rows; the others run kernels that ignore the flag (d 64, d 256 on both V paths,
+# softcap, in-kernel V at d 128), whose output must then equal the return_lse=True call's bit
+# for bit. (The d 256 pre-pass kernel with these sums measured 9% slower: RESULTS.md, "FP8: row
+# sums on the tensor cores".)
 FAST_SUM_CASES = {
     "d128-full": (GPU_PREPASS_CASES["d128-full"], True),
     "d128-window": (GPU_PREPASS_CASES["d128-window"], True),
@@ -1182,6 +1184,8 @@ FAST_SUM_CASES = {
     "d128-in-kernel-v": (GPU_HEAD_DIM_CASES["d128-full"], False),
     "d64-long": (GPU_GQA_CASES["hq8-hk1-d64-long"], False),
     "d256-window": (GPU_MASK_CASES["window_128_128"], False),
+    "d256-full-gqa": (Case(b=1, sq=700, sk=1500, hq=4, hk=2, d=256), False),
+    "d256-in-kernel-v": (GPU_HEAD_DIM_CASES["d256-full"], False),
 }
 
 
@@ -1207,7 +1211,9 @@ def test_gpu_fp8_forward_without_lse(case, fast):
     check_fp8_kernel("cuda fp8 with lse", case, with_lse, lse, x)
     same = np.array_equal(_bits(out), _bits(with_lse))
     # (the tensor-core sums round differently from the fp32 ones somewhere in every such case)
-    assert same != fast, f"fast={fast} but the outputs with and without lse are {'' if same else 'not '}identical"
+    assert same != fast, (
+        f"fast={fast} but the outputs with and without lse are {'' if same else 'not '}identical"
+    )
 
 
 @pytest.mark.gpu
@@ -1221,7 +1227,9 @@ def test_gpu_precision_fp8_without_lse_and_its_gradient():
     q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16)
                for s in ((1, 2048, 4, 128), (1, 2048, 2, 128), (1, 2048, 2, 128)))
     plain = jax.jit(functools.partial(flash_attention, causal=True, precision="fp8"))
-    with_lse = jax.jit(functools.partial(flash_attention, causal=True, precision="fp8", return_lse=True))
+    with_lse = jax.jit(
+        functools.partial(flash_attention, causal=True, precision="fp8", return_lse=True)
+    )
     out = plain(q, k, v)
     out2, lse2 = with_lse(q, k, v)
     ref = oracle(q, k, v, window_right=0)
@@ -1233,12 +1241,15 @@ def test_gpu_precision_fp8_without_lse_and_its_gradient():
         max_rel = np.abs(a - x).max() / np.abs(x).max()
         print(f"precision fp8 without lse {name}: rms rel {rms_rel:.3e} max rel {max_rel:.3e}")
         tol = (FP8_RMS_TOL, FP8_MAX_TOL) if x is ref.out else (E4M3_REL / 2, 2 * E4M3_REL)
-        assert rms_rel <= tol[0] and max_rel <= tol[1], f"{name}: {rms_rel:.3e} / {max_rel:.3e} > {tol}"
+        assert rms_rel <= tol[0] and max_rel <= tol[1], (
+            f"{name}: {rms_rel:.3e} / {max_rel:.3e} > {tol}"
+        )
     assert not np.array_equal(_bits(out), _bits(out2)), "expected the fast-sum kernel without lse"
     w = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
     loss = lambda f: (lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * w))
     g_plain = jax.jit(jax.grad(loss(plain), argnums=(0, 1, 2)))(q, k, v)
-    g_lse = jax.jit(jax.grad(loss(lambda q, k, v: with_lse(q, k, v)[0]), argnums=(0, 1, 2)))(q, k, v)
+    first = lambda q, k, v: with_lse(q, k, v)[0]
+    g_lse = jax.jit(jax.grad(loss(first), argnums=(0, 1, 2)))(q, k, v)
     for name, a, b in zip("qkv", g_plain, g_lse):
         np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=f"d{name}")
 

@@ -208,9 +208,10 @@ CUTE_DEVICE BlockRange piece_range(BlockRange r, int piece, int pieces) {
 
 // Tried and dropped (16k tokens, d 128): a quarter of the exp2s as an FMA-pipe cubic (MUFU
 // offload) measured 750 vs 826 TFLOPs/s (H100), and on the 3-warpgroup pre-pass kernel -11% (an
-// eighth: -1%; H200, RESULTS.md "FP8 split tail"); row sums on the tensor cores (ones rows in Vt)
-// were 3-6% faster but biased the sums low (the FP8 accumulator's truncation, 10% at 4k keys) and
-// put e4m3 P's rounding into the LSE (H200; benchmarks/RESULTS.md, FP8 v5). Also measured on
+// eighth: -1%; H200, RESULTS.md "FP8 split tail"); row sums on the tensor cores as ones rows in
+// Vt summed across blocks in O's accumulator were 3-6% faster but biased the sums low (the FP8
+// accumulator's truncation, 10% at 4k keys; H200, RESULTS.md "FP8 v5"): kRowSumMma sums one
+// block per GEMM instead, and only for calls that need no exact LSE. Also measured on
 // the 3-warpgroup serial loop and dropped (RESULTS.md, "FP8: where the d128 serial loop's time is
 // not"): a warp vote that skips the quad-max shuffles when no row's max moves (neutral, -2% at
 // 4k), exps against the kept max with a QK^T recompute when it moves (-28%, spills), the same
@@ -230,7 +231,9 @@ template <int kHeadDim>
 struct Fp8FwdConfig;
 // Traits runs either V path; TraitsPrepass, where given, is a kernel for the pre-pass path only.
 // TraitsFastSum, where not void: the pre-pass kernel with row sums on the tensor cores, for calls
-// that need no exact LSE (Fp8FwdParams::exact_lse false) and no softcap.
+// that need no exact LSE (Fp8FwdParams::exact_lse false) and no softcap: +2-3% at d 128 (H200,
+// RESULTS.md "FP8: row sums on the tensor cores"). At d 256 (2 warpgroups, overlapped GEMMs, 240
+// registers) the same measured 9% slower (152 vs 116 B of spills), so d 256 keeps the FADDs.
 template <> struct Fp8FwdConfig<64> {
   using Traits = Fp8FwdTraits<64, 192, 128, 2>;
   using TraitsPrepass = Traits;
