@@ -413,8 +413,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if constexpr (Traits::kRowSumMma) {
     // e4m3 1.0 (0x38) everywhere in the ones tile; nothing writes it again.
     constexpr int kVecs = int(sizeof(ss.smem_ones)) / 16;
+    uint4* ones = reinterpret_cast<uint4*>(ss.smem_ones.data());
     for (int i = threadIdx.x; i < kVecs; i += Traits::kNumThreads)
-      reinterpret_cast<uint4*>(ss.smem_ones.data())[i] = make_uint4(0x38383838u, 0x38383838u, 0x38383838u, 0x38383838u);
+      ones[i] = make_uint4(0x38383838u, 0x38383838u, 0x38383838u, 0x38383838u);
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes -> visible to WGMMA
   }
   __syncthreads();
@@ -749,12 +750,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       if constexpr (Traits::kRowSumMma) wgmma_issue<true, true>(mma_sum, tOrP, tSumB, tSum);
     };
     // kRowSumMma, once that block's sum GEMM has finished: its row sums into row_sum, times
-    // `scale` (nullptr: 1, no softmax step since that block's; else that step's row_scale).
+    // `scale` (nullptr: 1, no softmax step since that block's; else that step's row_scale). (The
+    // overlapped order's call is not instantiated: d 256 and the d 128 in-kernel-transpose kernel
+    // passed every check with it but measured slower, RESULTS.md "FP8: row sums on the tensor
+    // cores".)
     auto take_sums = [&](const float* scale) {
       if constexpr (Traits::kRowSumMma) {
         warpgroup_fence_operand(tSum);
         CUTE_UNROLL
-        for (int i = 0; i < kRows; ++i) row_sum[i] = scale ? fmaf(Sum(i, 0), scale[i], row_sum[i]) : row_sum[i] + Sum(i, 0);
+        for (int i = 0; i < kRows; ++i)
+          row_sum[i] = scale ? fmaf(Sum(i, 0), scale[i], row_sum[i]) : row_sum[i] + Sum(i, 0);
       }
     };
 
