@@ -1028,11 +1028,8 @@ def check_fp8_kernel(name, case: Case, out, lse, x: Fp8Inputs):
     assert rms_rel <= FP8_KERNEL_RMS_TOL, (
         f"{name}: RMSE {rms_rel:.3e} of rms(ref) > {FP8_KERNEL_RMS_TOL}"
     )
-    if lse is None:
-        dead = case.dead_rows()
-        assert np.all(to_f64(out)[:, dead] == 0.0), f"{name}: out of fully masked rows is not 0"
-        return
-    assert_lse(f"{name} lse", lse, both.lse, tol=eps_s)
+    if lse is not None:
+        assert_lse(f"{name} lse", lse, both.lse, tol=eps_s)
     check_dead_rows(case, out, lse)
 
 

@@ -94,6 +94,10 @@ struct Fp8FwdTraits {
   // P (up to a few 1e-2 on short rows), which is why calls that return the LSE or differentiate
   // run the exact kernel.
   static constexpr bool kRowSumMma = kRowSumMma_;
+  // (Only the serial order takes the sums: the overlapped one, at d 256 and in the d 128
+  // in-kernel-transpose kernel, measured slower with them; RESULTS.md "FP8: row sums on the
+  // tensor cores".)
+  static_assert(!kRowSumMma || kSerialGemms, "kRowSumMma is built for the serial GEMM order");
 
   using AtomLayoutMma = Layout<Shape<Int<kNumMmaWG>, _1, _1>>;
   using TiledMmaQK = decltype(make_tiled_mma(
@@ -749,17 +753,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO);
       if constexpr (Traits::kRowSumMma) wgmma_issue<true, true>(mma_sum, tOrP, tSumB, tSum);
     };
-    // kRowSumMma, once that block's sum GEMM has finished: its row sums into row_sum, times
-    // `scale` (nullptr: 1, no softmax step since that block's; else that step's row_scale). (The
-    // overlapped order's call is not instantiated: d 256 and the d 128 in-kernel-transpose kernel
-    // passed every check with it but measured slower, RESULTS.md "FP8: row sums on the tensor
-    // cores".)
-    auto take_sums = [&](const float* scale) {
+    // kRowSumMma, once that block's sum GEMM has finished (before the next softmax step, which
+    // rescales row_sum): its row sums into row_sum.
+    auto take_sums = [&] {
       if constexpr (Traits::kRowSumMma) {
         warpgroup_fence_operand(tSum);
         CUTE_UNROLL
-        for (int i = 0; i < kRows; ++i)
-          row_sum[i] = scale ? fmaf(Sum(i, 0), scale[i], row_sum[i]) : row_sum[i] + Sum(i, 0);
+        for (int i = 0; i < kRows; ++i) row_sum[i] += Sum(i, 0);
       }
     };
 
@@ -815,7 +815,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         warpgroup_fence_operand(tOrP);
         release(&ss.bar.v_empty[v_stage]);
         if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
-        take_sums(nullptr);
+        take_sums();
         wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
         pingpong_pass();
         const bool needs_mask = mask.block_needs_mask(order(j));
@@ -832,7 +832,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       pingpong_wait();
       wgmma_issue<true, false>(mma_qk, tSrQ, tSrK(_, _, _, k_stage), tSrS);
       ClusterBarrier::wait(&ss.bar.v_full[v_stage], v_phase);
-      issue_pv(v_stage);
+      wgmma_issue<false, true>(mma_pv, tOrP, tOrV(_, _, _, v_stage), tOrO);
       pingpong_pass();
       kd = kd_next;
       if (j + 1 < order.count()) kd_next = k_descale[order(j + 1)];
@@ -848,7 +848,6 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       warpgroup_fence_operand(tOrP);
       release(&ss.bar.v_empty[v_stage]);
       if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
-      take_sums(row_scale);  // block j - 1's, after step j's rescale of row_sum
       rescale_o(O, row_scale);
       convert_p();
     }
@@ -862,7 +861,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     warpgroup_fence_operand(tOrO);
     release(&ss.bar.v_empty[v_stage]);
     if (++v_stage == kStages) { v_stage = 0; v_phase ^= 1; }
-    take_sums(nullptr);
+    take_sums();
 
     if (piece >= 0) {
       // Split tail: leave this piece's O, max and partial sums (thread-interleaved, so a warp's
