@@ -278,6 +278,9 @@ def flash_attention(
         the stored values into real ones (``q = q8 * q_descale``). Shapes: ``()``, per (batch,
         head) ``(B, H)``, or for q and k per block of 128 rows ``(B, H, ceil(S/128))``; v per
         (batch, KV head) at most. See ``jax_flash3.fp8``; ``jax_flash3.fp8.quantize`` makes them.
+        Each must be finite and > 0: a concrete one that is not raises ``ValueError``; a traced
+        one (a ``jit`` argument) cannot be checked while tracing, so a bad value there turns the
+        output rows and lse of the (batch, KV head) that reads it into NaN.
 
     Returns:
       ``out (B, Sq, Hq, Dv)`` in q's dtype, or ``(out, lse)`` if ``return_lse``. A query row that

@@ -390,10 +390,40 @@ def _quantized_inputs_bwd(cfg, residuals, cotangents):
 _quantized_inputs.defvjp(_quantized_inputs_fwd, _quantized_inputs_bwd)
 
 
+def _descales_ok(qd, kd, vd):
+    """Per (batch, KV head): whether every descale that (batch, KV head) reads is finite and > 0.
+
+    ``qd (B, Hq, nq)``, ``kd (B, Hk, nk)``, ``vd (B, Hk)`` as ``normalize_descales`` returns them.
+    """
+    good = lambda d: jnp.isfinite(d) & (d > 0)
+    b, hq, nq = qd.shape
+    hk = vd.shape[1]
+    q_ok = good(qd).reshape(b, hk, (hq // hk) * nq).all(axis=2)
+    return q_ok & good(kd).all(axis=2) & good(vd)
+
+
 def attention_quantized(q8, k8, v8, q_descale, k_descale, v_descale, cfg: AttentionConfig):
-    """``(out bf16, lse)`` for validated float8_e4m3fn inputs (``flash_attention`` calls this)."""
+    """``(out bf16, lse)`` for validated float8_e4m3fn inputs (``flash_attention`` calls this).
+
+    Concrete descales are checked here (a value that is not finite and > 0 raises). Traced ones
+    (arguments of a ``jit``-ed function, or under ``vmap``) have no values at trace time: a
+    (batch, KV head) that reads a bad one then returns NaN in every output row that sees a key,
+    and NaN log-sum-exp, for all its query heads, so that the error cannot pass unnoticed.
+    """
     qd, kd, vd = normalize_descales(q8, k8, v8, q_descale, k_descale, v_descale)
-    return _quantized_inputs(q8, k8, v8, qd, kd, vd, cfg)
+    traced = any(isinstance(d, jax.core.Tracer) for d in (q_descale, k_descale, v_descale))
+    if not traced:
+        return _quantized_inputs(q8, k8, v8, qd, kd, vd, cfg)
+    ok = _descales_ok(qd, kd, vd)  # (B, Hk)
+    # v_descale multiplies every output row in the final normalization (kernels and reference);
+    # the bad q/k entries become 1 so that the scores stay finite (an inf or NaN score would make
+    # its row look empty, whose output is 0) and the NaN reaches every row that sees a key.
+    vd = jnp.where(ok, vd, jnp.nan)
+    qd = jnp.where(jnp.isfinite(qd) & (qd > 0), qd, 1.0)
+    kd = jnp.where(jnp.isfinite(kd) & (kd > 0), kd, 1.0)
+    out, lse = _quantized_inputs(q8, k8, v8, qd, kd, vd, cfg)
+    ok_q = jnp.repeat(ok, qd.shape[1] // ok.shape[1], axis=1)  # (B, Hq)
+    return out, jnp.where(ok_q[:, :, None], lse, jnp.nan)
 
 
 # ------------------------------------------------------------------------------------------------

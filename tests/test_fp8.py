@@ -528,6 +528,61 @@ def test_bad_descales_rejected_naming_the_argument(arg, value, exc, match, monke
             jax.jit(lambda d: flash_attention(x.q8, x.k8, x.v8, **{arg: d}))(jnp.asarray(value))
 
 
+# Bad values in traced descales: (argument, index into the (block, block, bh) descale, value).
+# Each index's (batch, KV head) is the one whose output must turn NaN (q: head 3 -> KV head 1 of
+# _DS_CASE's 4 -> 2 grouping; k and v index KV heads directly).
+TRACED_BAD_DESCALES = {
+    "q_negative_block": ("q_descale", (1, 3, 2), -1.0, (1, 1)),
+    "k_zero_block": ("k_descale", (0, 1, 1), 0.0, (0, 1)),
+    "v_nan": ("v_descale", (1, 0), np.nan, (1, 0)),
+    "q_inf": ("q_descale", (0, 0, 0), np.inf, (0, 0)),
+}
+
+
+def check_traced_bad_descale(case: Case, x: Fp8Inputs, arg, index, value, bad, implementation,
+                             return_lse=True):
+    """One bad entry in a traced descale: every output row of the query heads of (batch, KV head)
+    ``bad`` is NaN (each row sees keys here) and so is their lse; every other head is bitwise what
+    the same jit-ed function returns with the good descales, and that call has no NaN."""
+
+    def fwd(qd, kd, vd):
+        r = flash_attention(x.q8, x.k8, x.v8, **case.flash_kwargs(), return_lse=return_lse,
+                            implementation=implementation, q_descale=qd, k_descale=kd, v_descale=vd)
+        return r if return_lse else (r, None)
+
+    f = jax.jit(fwd)
+    good = [x.qd, x.kd, x.vd]
+    out_good, lse_good = f(*good)
+    poisoned = list(good)
+    i = ("q_descale", "k_descale", "v_descale").index(arg)
+    poisoned[i] = jnp.asarray(poisoned[i]).at[index].set(value)
+    out_bad, lse_bad = f(*poisoned)
+    out_good = np.asarray(out_good, np.float32)
+    out_bad = np.asarray(out_bad, np.float32)
+    assert np.isfinite(out_good).all()
+    g = case.hq // case.hk
+    bad_heads = np.zeros((case.b, case.hq), bool)
+    bad_heads[bad[0], bad[1] * g:(bad[1] + 1) * g] = True
+    out_mask = np.broadcast_to(bad_heads[:, None, :, None], out_bad.shape)
+    assert np.isnan(out_bad[out_mask]).all(), f"{arg}[{index}] = {value}: output not all NaN"
+    np.testing.assert_array_equal(out_bad[~out_mask], out_good[~out_mask])
+    if return_lse:
+        lse_good, lse_bad = np.asarray(lse_good), np.asarray(lse_bad)
+        assert np.isfinite(lse_good).all()
+        lse_mask = np.broadcast_to(bad_heads[:, :, None], lse_bad.shape)
+        assert np.isnan(lse_bad[lse_mask]).all()
+        np.testing.assert_array_equal(lse_bad[~lse_mask], lse_good[~lse_mask])
+
+
+@pytest.mark.parametrize("name", list(TRACED_BAD_DESCALES))
+def test_traced_bad_descales_poison_their_heads_with_nan(name):
+    """Under jit the descales' values are unknown at trace time (no error can be raised then): a
+    bad value must show as NaN in the heads that read it, never as a plausible output."""
+    case = _DS_CASE
+    x = make_fp8_inputs(case, seed_of("traced-bad", name), ("block", "block", "bh"))
+    check_traced_bad_descale(case, x, *TRACED_BAD_DESCALES[name], implementation=REF)
+
+
 @pytest.mark.parametrize(
     "dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bf16", "fp16", "f32"]
 )
@@ -1211,6 +1266,32 @@ def test_gpu_fp8_forward_without_lse(case, fast):
     assert same != fast, (
         f"fast={fast} but the outputs with and without lse are {'' if same else 'not '}identical"
     )
+
+
+# Every FP8 kernel family with TRACED_BAD_DESCALES' shapes (b 2, hq 4 -> hk 2, >= 3 query
+# blocks, >= 2 key blocks): in-kernel V (d 64, d 128), the pre-pass kernels (d 128 with and
+# without the LSE, i.e. exact and tensor-core row sums; d 256), the split tail and the portable
+# kernel (d 40).
+GPU_TRACED_BAD_CASES = {
+    "d64": (Case(b=2, sq=300, sk=200, hq=4, hk=2, d=64), True),
+    "d128-in-kernel-v": (Case(b=2, sq=300, sk=200, hq=4, hk=2, d=128), True),
+    "d128-prepass": (Case(b=2, sq=700, sk=900, hq=4, hk=2, d=128, causal=True), True),
+    "d128-prepass-no-lse": (Case(b=2, sq=700, sk=900, hq=4, hk=2, d=128), False),
+    "d128-split-no-lse": (Case(b=2, sq=400, sk=4096, hq=4, hk=2, d=128), False),
+    "d256": (Case(b=2, sq=600, sk=700, hq=4, hk=2, d=256), True),
+    "d40-portable": (Case(b=2, sq=300, sk=200, hq=4, hk=2, d=40), True),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bad", list(TRACED_BAD_DESCALES))
+@pytest.mark.parametrize(
+    "case,return_lse", [pytest.param(*v, id=k) for k, v in GPU_TRACED_BAD_CASES.items()]
+)
+def test_gpu_traced_bad_descales_poison_their_heads_with_nan(case, return_lse, bad):
+    x = make_fp8_inputs(case, seed_of(case, bad, "gpu-traced-bad"), ("block", "block", "bh"))
+    check_traced_bad_descale(case, x, *TRACED_BAD_DESCALES[bad], implementation="cuda",
+                             return_lse=return_lse)
 
 
 @pytest.mark.gpu
