@@ -21,6 +21,11 @@ head dim 128 pre-pass kernel takes its row sums from the tensor cores),
 ``fp8q`` runs ``precision="fp8"`` on the bf16 inputs (Hadamard rotation + quantization inside the
 timed call, as a model would; at head dims <= 64 that includes the second e4m3 term of q and v,
 so the kernel runs at twice the head dim while the FLOP formula keeps the real one).
+``fp8_paired`` is the ``fp8`` / ``jf3`` forward speed ratio measured in alternating rounds
+(``--paired-rounds``, 10 calls of each per round, their order swapped every round; the median of
+the per-round ratios, with its range): both kernels then run in the same power and clock state,
+which the separate medians above, taken a few hundred milliseconds apart at the power cap, do not
+guarantee.
 """
 
 from __future__ import annotations
@@ -107,8 +112,36 @@ def bench_one(name, attn, q, k, v, do, fl, with_bwd=True):
     return row
 
 
-def bench_fp8(q, k, v, fl, causal, implementation):
-    """Forward-only FP8 rows: pre-quantized inputs (``fp8``) and ``precision="fp8"`` (``fp8q``)."""
+def paired_speed_ratio(fn_a, args_a, fn_b, args_b, rounds=9, calls=10):
+    """Speed of ``fn_a`` over ``fn_b`` (time_b / time_a), timed in alternating rounds of ``calls``
+    back-to-back calls each, their order swapped every round. Returns ``(median, min, max)`` of
+    the per-round ratios."""
+    for fn, args in ((fn_a, args_a), (fn_b, args_b)):
+        jax.block_until_ready(fn(*args))  # compile + warm up
+        jax.block_until_ready(fn(*args))
+
+    def run(fn, args):
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        return time.perf_counter() - t0
+
+    ratios = []
+    for r in range(rounds):
+        if r % 2 == 0:
+            ta, tb = run(fn_a, args_a), run(fn_b, args_b)
+        else:
+            tb, ta = run(fn_b, args_b), run(fn_a, args_a)
+        ratios.append(tb / ta)
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def bench_fp8(q, k, v, fl, causal, implementation, paired_rounds=9):
+    """Forward-only FP8 rows: pre-quantized inputs (``fp8``), the same with the LSE (``fp8lse``),
+    ``precision="fp8"`` (``fp8q``), and ``fp8_paired``: fp8 / jax_flash3 bf16 forward speed from
+    alternating rounds (``paired_speed_ratio``; skipped when ``paired_rounds`` is 0)."""
     from jax_flash3 import fp8
 
     q8, qd = fp8.quantize(q)
@@ -127,6 +160,15 @@ def bench_fp8(q, k, v, fl, causal, implementation):
     inside = lambda q, k, v: jax_flash3.flash_attention(
         q, k, v, causal=causal, precision="fp8", implementation=implementation)
     row.update(bench_one("fp8q", inside, q, k, v, None, fl, with_bwd=False))
+    if paired_rounds > 0 and "fp8_fwd_ms" in row:
+        try:
+            bf16 = jax.jit(attention_fn("jf3", causal, implementation))
+            med, lo, hi = paired_speed_ratio(jax.jit(quantized), (q8, k8, v8), bf16, (q, k, v),
+                                             rounds=paired_rounds)
+            row.update(fp8_paired=med, fp8_paired_min=lo, fp8_paired_max=hi,
+                       fp8_paired_rounds=paired_rounds)
+        except Exception as e:
+            row["fp8_paired_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return row
 
 
@@ -149,6 +191,8 @@ def main(argv=None):
     ap.add_argument("--fa3jax", action="store_true",
                     help="also time flash_attn3_jax.flash_mha (hdim <= 128) in the same process")
     ap.add_argument("--fp8", action="store_true", help="also time the FP8 forward (fp8, fp8q)")
+    ap.add_argument("--paired-rounds", type=int, default=9,
+                    help="with --fp8: alternating fp8 / bf16 rounds for fp8_paired (0: skip)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
 
@@ -175,7 +219,8 @@ def main(argv=None):
                     attn = attention_fn(impl, causal, args.implementation)
                     row.update(bench_one(impl, attn, q, k, v, do, fl, not args.no_bwd))
                 if args.fp8:
-                    row.update(bench_fp8(q, k, v, fl, bool(causal), args.implementation))
+                    row.update(bench_fp8(q, k, v, fl, bool(causal), args.implementation,
+                                         args.paired_rounds))
                 rows.append(row)
                 def f(key):  # "err": the implementation raised (its *_error line follows); "-": not run
                     if key in row:
@@ -183,7 +228,10 @@ def main(argv=None):
                     return f"{'err' if row.get(key.split('_')[0] + '_error') else '-':>8}"
                 fp8_cols = (f" | fp8 {f('fp8_fwd_tflops')} fp8lse {f('fp8lse_fwd_tflops')} "
                             f"fp8q {f('fp8q_fwd_tflops')} "
-                            f"({row.get('fp8_fwd_tflops', 0) / row.get('jf3_fwd_tflops', float('inf')):.2f}x bf16)"
+                            f"({row.get('fp8_fwd_tflops', 0) / row.get('jf3_fwd_tflops', float('inf')):.2f}x bf16"
+                            + (f", paired {row['fp8_paired']:.2f}x [{row['fp8_paired_min']:.2f}-"
+                               f"{row['fp8_paired_max']:.2f}]" if "fp8_paired" in row else "")
+                            + ")"
                             if args.fp8 else "")
                 fa3_cols = (f" | {f('fa3jax_fwd_tflops')} {f('fa3jax_bwd_tflops')}"
                             if args.fa3jax else "")
