@@ -50,4 +50,5 @@ def test_paired_speed_ratio_measures_the_slower_function():
     med, lo, hi = bench.paired_speed_ratio(sleeper(0.001), (x,), sleeper(0.004), (x,),
                                            rounds=3, calls=3)
     assert lo <= med <= hi
-    assert 2.0 < med < 6.0, med  # 4 ms against 1 ms per call (sleep only overshoots)
+    # 4 ms against 1 ms per call (sleep only overshoots): every round, whichever ran first
+    assert 2.0 < lo and hi < 6.0, (lo, med, hi)

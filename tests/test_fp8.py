@@ -529,10 +529,10 @@ def test_bad_descales_rejected_naming_the_argument(arg, value, exc, match, monke
 
 
 # Bad values in traced descales: (argument, index into the (block, block, bh) descale, value).
-# Each index's (batch, KV head) is the one whose output must turn NaN (q: head 3 -> KV head 1 of
-# _DS_CASE's 4 -> 2 grouping; k and v index KV heads directly).
+# Each index's (batch, KV head) is the one whose output must turn NaN (q: head h -> KV head h // 2
+# in _DS_CASE's 4 -> 2 grouping; head 1 tells that apart from h % 2; k and v index KV heads).
 TRACED_BAD_DESCALES = {
-    "q_negative_block": ("q_descale", (1, 3, 2), -1.0, (1, 1)),
+    "q_negative_block": ("q_descale", (1, 1, 2), -1.0, (1, 0)),
     "k_zero_block": ("k_descale", (0, 1, 1), 0.0, (0, 1)),
     "v_nan": ("v_descale", (1, 0), np.nan, (1, 0)),
     "q_inf": ("q_descale", (0, 0, 0), np.inf, (0, 0)),
@@ -1275,7 +1275,7 @@ def test_gpu_fp8_forward_without_lse(case, fast):
 GPU_TRACED_BAD_CASES = {
     "d64": (Case(b=2, sq=300, sk=200, hq=4, hk=2, d=64), True),
     "d128-in-kernel-v": (Case(b=2, sq=300, sk=200, hq=4, hk=2, d=128), True),
-    "d128-prepass": (Case(b=2, sq=700, sk=900, hq=4, hk=2, d=128, causal=True), True),
+    "d128-prepass": (Case(b=2, sq=1100, sk=1300, hq=4, hk=2, d=128, causal=True), True),
     "d128-prepass-no-lse": (Case(b=2, sq=700, sk=900, hq=4, hk=2, d=128), False),
     "d128-split-no-lse": (Case(b=2, sq=400, sk=4096, hq=4, hk=2, d=128), False),
     "d256": (Case(b=2, sq=600, sk=700, hq=4, hk=2, d=256), True),
