@@ -284,7 +284,8 @@ def flash_attention(
 
     Returns:
       ``out (B, Sq, Hq, Dv)`` in q's dtype, or ``(out, lse)`` if ``return_lse``. A query row that
-      sees no key gets output 0 and lse ``-inf`` (and zero gradients).
+      sees no key gets output 0 and lse ``-inf`` (and zero gradients); NaN in the inputs makes
+      the rows it reaches NaN instead (a query's own row, every row that sees a NaN key).
 
     Supported dtypes: bfloat16 and float16 (both paths), float32 (reference path),
     float8_e4m3fn with descales (forward only; the output is bfloat16). Head dims up

@@ -110,7 +110,8 @@ def reference_fwd(
     init = (jnp.full_like(l0, -jnp.inf), l0, l0[..., None] + jnp.zeros((dv,), _F32))
     nblk = kblocks.shape[0]
     (m, l, acc), _ = lax.scan(step, init, (jnp.arange(nblk), kblocks, vblocks))
-    seen = l > 0
+    # Only l == 0 is a row that saw nothing; a NaN l (NaN or inf in the inputs) stays NaN.
+    seen = l != 0
     out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
     lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
     out = out.reshape(b, hq, sq, dv).transpose(0, 2, 1, 3).astype(q.dtype)
@@ -152,8 +153,8 @@ def reference_bwd(
     if dlse is not None:
         delta = delta - dlse.astype(_F32).reshape(b, hk, g, sq)
     lse_g = lse.astype(_F32).reshape(b, hk, g, sq)
-    # A row that saw nothing has lse -inf: make every p of that row exactly 0.
-    lse_g = jnp.where(jnp.isfinite(lse_g), lse_g, jnp.inf)
+    # A row that saw nothing has lse -inf: make every p of that row exactly 0 (a NaN lse stays).
+    lse_g = jnp.where(lse_g == -jnp.inf, jnp.inf, lse_g)
     kblocks, vblocks = _split_kv(k, bk), _split_kv(v, bk)
     q_idx = jnp.arange(sq)
 
@@ -213,7 +214,7 @@ def naive_attention(
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.where(vis, jnp.exp(s - m), 0.0)
     l = p.sum(-1, keepdims=True)
-    seen = l > 0
+    seen = l != 0  # (NaN: not a row that saw nothing)
     p = p / jnp.where(seen, l, 1.0)
     out = jnp.einsum("bhqk,bkhd->bqhd", p, vr, precision=_HI)
     if not return_lse:

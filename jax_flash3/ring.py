@@ -286,7 +286,7 @@ def _merge(pieces):
         total = total + w.sum(0)
         # Multiply-and-reduce (not einsum) so XLA emits one fused reduction, not n-length dots.
         acc = acc + (w.transpose(0, 1, 3, 2)[..., None] * out.astype(_F32)).sum(0)
-    seen = total > 0
+    seen = total != 0  # a NaN total (NaN in a piece) stays NaN
     safe_total = jnp.where(seen, total, 1.0)
     lse = jnp.where(seen, m_safe + jnp.log(safe_total), -jnp.inf)
     out = acc / safe_total.transpose(0, 2, 1)[..., None]

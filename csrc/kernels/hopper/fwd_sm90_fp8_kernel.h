@@ -926,7 +926,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     for (int i = 0; i < kRows; ++i) {
       // (With kRowSumMma every thread already holds its rows' whole sums.)
       const float sum = Traits::kRowSumMma ? row_sum[i] : quad_sum(row_sum[i]);
-      const bool empty = sum == 0.f || sum != sum;
+      const bool empty = sum == 0.f;  // (a NaN sum, from NaN inputs, stays NaN)
       const float inv = empty ? 0.f : v_descale / sum;
       lse[i] = empty ? -INFINITY : (row_max[i] - kMaxOffset) * float(M_LN2) + __logf(sum);
       CUTE_UNROLL

@@ -721,7 +721,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     CUTE_UNROLL
     for (int i = 0; i < kRows; ++i) {
       const float sum = quad_sum(row_sum[i]);
-      const bool empty = sum == 0.f || sum != sum;
+      const bool empty = sum == 0.f;  // (a NaN sum, from NaN or inf inputs, stays NaN)
       const float inv = empty ? 0.f : 1.f / sum;
       lse[i] = empty ? -INFINITY : row_max[i] * scale_log2 * float(M_LN2) + __logf(sum);
       CUTE_UNROLL

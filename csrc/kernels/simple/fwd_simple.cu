@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) FwdKernel(Fp8FwdParams p) {
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int row = m0 + warp * kRowsPerWarp + r;
     if (row >= sq) continue;
-    const bool seen = row_sum[r] > 0.f;
+    const bool seen = row_sum[r] != 0.f;  // (a NaN sum, from NaN or inf inputs, stays NaN)
     const float inv = seen ? 1.f / row_sum[r] : 0.f;
 #pragma unroll
     for (int i = 0; i < kMaxPerLane; ++i) {
