@@ -423,6 +423,11 @@ def _bwd_op(group: int, num_kv_heads: int) -> custom_partitioning:
 
 
 def _fold_into_batch(fn, axis_size, in_batched, *args):
+    if axis_size == 0:  # vmap over an empty axis: empty results of the per-example shapes
+        per = [jax.ShapeDtypeStruct(x.shape[1:] if b else x.shape, x.dtype)
+               for x, b in zip(args, in_batched)]
+        outs = jax.eval_shape(fn, *per)
+        return tuple(jnp.zeros((0,) + o.shape, o.dtype) for o in outs), tuple(True for _ in outs)
     args = [
         x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape)
         for x, batched in zip(args, in_batched)

@@ -8,6 +8,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_flash3 import _ffi, _sharding
 from jax_flash3._config import IMPLEMENTATIONS, AttentionConfig
@@ -95,12 +96,26 @@ def _window_side(name: str, x) -> int:
     return int(x)
 
 
+_F32_MIN = float(np.finfo(np.float32).smallest_subnormal)
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _positive_float32(x: float) -> bool:
+    """Whether x is finite and > 0 and stays so as a float32 (no overflow, no underflow to 0)."""
+    return math.isfinite(x) and _F32_MIN <= x <= _F32_MAX
+
+
 def _parse_window(window, causal: bool) -> tuple[int, int]:
     if window is None:
         left, right = -1, -1
     else:
         if isinstance(window, (str, bytes)) or not hasattr(window, "__len__") or len(window) != 2:
             raise ValueError(f"window must be None or a pair (left, right), got {window!r}")
+        if not isinstance(window, (tuple, list, np.ndarray, jax.Array)):
+            raise TypeError(
+                f"window must be None or a pair (left, right) as a tuple or list, got "
+                f"{type(window).__name__} {window!r}"
+            )
         left, right = _window_side("left", window[0]), _window_side("right", window[1])
     if causal:
         right = 0
@@ -196,18 +211,25 @@ def make_config(
     for name, flag in (("causal", causal), ("deterministic", deterministic)):
         if not isinstance(flag, (bool, jnp.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    # Both run as float32 in every path: a value that float32 rounds to 0 or inf is refused too.
     if softmax_scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     else:
         scale = _static_number("softmax_scale", softmax_scale)
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"softmax_scale must be a finite number > 0, got {softmax_scale!r}")
+        if not _positive_float32(scale):
+            raise ValueError(
+                f"softmax_scale must be a finite number > 0 (in float32: {_F32_MIN:g} to "
+                f"{_F32_MAX:g}), got {softmax_scale!r}"
+            )
     if softcap is None:
         cap = 0.0
     else:
         cap = _static_number("softcap", softcap)
-        if not math.isfinite(cap) or cap <= 0:
-            raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+        if not _positive_float32(cap):
+            raise ValueError(
+                f"softcap must be None or a finite number > 0 (in float32: {_F32_MIN:g} to "
+                f"{_F32_MAX:g}), got {softcap!r}"
+            )
     left, right = _parse_window(window, bool(causal))
     # A side of Sq + Sk or more spans every key of every row: clamp it there (same mask), so that
     # no path's int32 index arithmetic (row + offset + window) overflows on e.g. 2**31 - 1.

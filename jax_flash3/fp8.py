@@ -545,9 +545,9 @@ def attention(
         the same scales) and run the FP8 kernel at twice the head dim, on ``[q8, q_lo]`` and
         ``[k8, k8]`` (so QK^T sees ``q8 + q_lo``) and on ``[v8, v_lo]`` (the two output halves are
         added): twice the FLOPs, and most of q's and v's rounding error gone. ``None`` (default):
-        on for head dims <= 64, where one term misses RMSE 1e-2 on outlier inputs
-        (``benchmarks/fp8_accuracy.py``; RESULTS.md has the numbers), off above. Needs a head
-        dim <= 128 (the kernel's 256 at most).
+        on for head dims <= 64 with ``D == Dv``, where one term misses RMSE 1e-2 on outlier
+        inputs (``benchmarks/fp8_accuracy.py``; RESULTS.md has the numbers), off otherwise.
+        Needs ``D == Dv <= 128`` (the kernel's 256 at most).
 
     Differentiable: the gradient is ordinary attention's at the unquantized inputs, from the
     backward kernel of the inputs' precision (see the module docstring).
@@ -576,7 +576,9 @@ def attention(
         kwargs["implementation"] = "auto"
     cfg = _api.make_config(q, k, v, **kwargs)
     d = q.shape[-1]
-    residual = d <= RESIDUAL_AUTO_MAX_HEAD_DIM if residual is None else bool(residual)
+    if residual is None:  # (the second term needs D == Dv: q's and v's halves share one kernel call)
+        residual = d <= RESIDUAL_AUTO_MAX_HEAD_DIM and v.shape[-1] == d
+    residual = bool(residual)
     if residual and (d > 128 or v.shape[-1] != d):
         raise ValueError(
             "residual=True runs the FP8 kernel at twice the head dim, so it needs q/k/v head dims "

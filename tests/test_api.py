@@ -146,6 +146,9 @@ KWARG_CASES = {
     ),
     "scale_nan": ({"softmax_scale": float("nan")}, ValueError, r"softmax_scale must be a finite"),
     "scale_inf": ({"softmax_scale": float("inf")}, ValueError, r"softmax_scale must be a finite"),
+    # (every path computes in float32: a scale that float32 rounds to inf or 0 is refused)
+    "scale_float32_overflow": ({"softmax_scale": 1e39}, ValueError, r"softmax_scale .*float32"),
+    "scale_float32_underflow": ({"softmax_scale": 1e-50}, ValueError, r"softmax_scale .*float32"),
     # softcap
     "softcap_zero": ({"softcap": 0.0}, ValueError, r"softcap must be None or a finite number > 0"),
     "softcap_negative": (
@@ -156,10 +159,16 @@ KWARG_CASES = {
     "softcap_inf": ({"softcap": float("inf")}, ValueError, r"softcap must be None or a finite"),
     "softcap_nan": ({"softcap": float("nan")}, ValueError, r"softcap must be None or a finite"),
     "softcap_list": ({"softcap": [1.0]}, TypeError, r"softcap must be a real number"),
+    "softcap_float32_overflow": ({"softcap": 1e39}, ValueError, r"softcap .*float32"),
+    "softcap_float32_underflow": ({"softcap": 1e-50}, ValueError, r"softcap .*float32"),
     # window
     "window_int": ({"window": 4}, ValueError, r"window must be None or a pair \(left, right\)"),
     "window_triple": ({"window": (1, 2, 3)}, ValueError, r"window must be None or a pair"),
     "window_string": ({"window": "ab"}, ValueError, r"window must be None or a pair"),
+    "window_set": ({"window": {0, 4}}, TypeError, r"window must be None or a pair .*got set"),
+    "window_dict": (
+        {"window": {"left": 4, "right": 0}}, TypeError, r"window must be None or a pair .*got dict"
+    ),
     "window_left_below_minus_one": ({"window": (-2, 0)}, ValueError, r"window left must be >= 0"),
     "window_right_below_minus_one": ({"window": (0, -5)}, ValueError, r"window right must be >= 0"),
     "window_float_side": ({"window": (1.5, 0)}, TypeError, r"window left must be an int"),
@@ -459,6 +468,22 @@ def test_vmap_over_leading_axis(in_axes):
         oi, li = f(*xi)
         assert_tight(f"out[{i}]", out[i], oi, rtol=1e-6)
         assert_tight(f"lse[{i}]", lse[i], li, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float8_e4m3fn], ids=["f32", "e4m3"])
+def test_vmap_over_an_empty_axis_returns_empty_results(dtype):
+    """vmap over a zero-size axis (as jax.nn.dot_product_attention allows): empty results of the
+    per-example shapes, for the output, the lse and (float inputs) the gradients."""
+    q = jnp.zeros((0, 2, 9, 4, 16), dtype)
+    kv = jnp.zeros((0, 2, 5, 2, 16), dtype)
+    out, lse = jax.vmap(functools.partial(flash_attention, return_lse=True))(q, kv, kv)
+    assert out.shape == (0, 2, 9, 4, 16) and lse.shape == (0, 2, 4, 9)
+    assert out.dtype == (jnp.float32 if dtype == jnp.float32 else jnp.bfloat16)
+    assert lse.dtype == jnp.float32
+    if dtype == jnp.float32:
+        loss = lambda q, k, v: flash_attention(q, k, v).sum()
+        grads = jax.vmap(jax.grad(loss, argnums=(0, 1, 2)))(q, kv, kv)
+        assert [g.shape for g in grads] == [q.shape, kv.shape, kv.shape]
 
 
 def test_vmap_of_grad():

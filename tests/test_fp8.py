@@ -1582,6 +1582,16 @@ def test_residual_default_by_head_dim_and_bad_values():
     fp8.attention(q, k, v, residual=False)  # fine
     with pytest.raises(TypeError, match=r"residual must be None or a bool"):
         fp8.attention(q, k, v, residual="yes")
+    # D <= 64 with Dv != D: the default leaves the second term off (it needs D == Dv) instead of
+    # refusing an option the caller never set; asking for it is refused.
+    case = Case(b=1, sq=40, sk=40, hq=2, hk=1, d=32, dv=48)
+    q, k, v = make_inputs(case, jnp.bfloat16, seed_of("residual-dv"))[:3]
+    out = flash_attention(q, k, v, precision="fp8", return_lse=True)
+    check_fp8_quantized_close("precision fp8 d32 dv48", case, *out, oracle(q, k, v))
+    np.testing.assert_array_equal(np.asarray(out[0], np.float32),
+                                  np.asarray(fp8.attention(q, k, v, residual=False), np.float32))
+    with pytest.raises(ValueError, match=r"residual=True .* equal .*got 32 and 48"):
+        fp8.attention(q, k, v, residual=True)
 
 
 @pytest.mark.parametrize("d", [32, 64, 128])
