@@ -326,7 +326,7 @@ def _q_sharded_bwd(plan: _Plan, cfg: AttentionConfig, q, k, v, out, lse, dout, d
 def _ring_spec(plan: _Plan, cfg: AttentionConfig) -> ring.RingSpec:
     return ring.RingSpec(
         cfg=cfg, axis_name=plan.ring, num_devices=plan.size(plan.ring),
-        layout=plan.ring_layout,
+        layout=plan.ring_layout, mesh_axes=plan.axis_sizes,
     )
 
 

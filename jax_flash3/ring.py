@@ -140,6 +140,9 @@ class RingSpec:
     axis_name: tuple[str, ...]
     num_devices: int
     layout: str = "zigzag"
+    # The mesh's (axis name, size) pairs in mesh order, where known (the automatic ring's plan);
+    # otherwise _ppermute reads them from the mesh in context.
+    mesh_axes: tuple[tuple[str, int], ...] = ()
 
     @property
     def causal(self) -> bool:
@@ -179,9 +182,51 @@ def _axis_index(axis_name: tuple[str, ...]):
     return lax.axis_index(axis_name if len(axis_name) > 1 else axis_name[0])
 
 
-def _ppermute(x, axis_name: tuple[str, ...], perm):
+def _mesh_ordered(axis_name: tuple[str, ...], mesh_axes=()):
+    """``axis_name`` sorted into the mesh's axis order, and the mesh's axis sizes: from
+    ``mesh_axes`` ((name, size) pairs in mesh order) or else the mesh in context; None when
+    neither names them all."""
+    if mesh_axes:
+        names, sizes = tuple(a for a, _ in mesh_axes), dict(mesh_axes)
+    else:
+        try:
+            mesh = jax.sharding.get_abstract_mesh()
+            names, sizes = tuple(mesh.axis_names), dict(mesh.shape)
+        except Exception:  # (older JAX, or no mesh in context)
+            return None
+    if not all(a in names for a in axis_name):
+        return None
+    return tuple(sorted(axis_name, key=names.index)), sizes
+
+
+def _relinearize(i: int, src: tuple[str, ...], dst: tuple[str, ...], sizes) -> int:
+    """Device index ``i`` over the axes ``src`` (first axis major) as an index over ``dst``."""
+    coord = {}
+    for a in reversed(src):
+        i, coord[a] = divmod(i, sizes[a])
+    out = 0
+    for a in dst:
+        out = out * sizes[a] + coord[a]
+    return out
+
+
+def _ppermute(x, axis_name: tuple[str, ...], perm, mesh_axes=()):
+    """``lax.ppermute`` with ``perm`` over ``_axis_index(axis_name)``'s device numbering.
+
+    Over several axes, ``lax.axis_index`` numbers devices in the order the names are given (which
+    is also how a ``PartitionSpec`` lays the sequence out), but ``lax.ppermute``'s pairs number them
+    in the mesh's axis order (seen with JAX 0.10): names given out of mesh order sent every block
+    to the wrong device. So the pairs are renumbered into mesh order, and the names passed in it,
+    which is right under either convention."""
     if all(src == dst for src, dst in perm):  # e.g. the even chunks of a 2-device zigzag reorder
         return x
+    if len(axis_name) > 1:
+        ordered = _mesh_ordered(axis_name, mesh_axes)
+        if ordered is not None and ordered[0] != axis_name:
+            names, sizes = ordered
+            perm = [(_relinearize(s, axis_name, names, sizes),
+                     _relinearize(d, axis_name, names, sizes)) for s, d in perm]
+            axis_name = names
     name = axis_name if len(axis_name) > 1 else axis_name[0]
     return jax.tree.map(lambda a: lax.ppermute(a, name, perm), x)
 
@@ -202,10 +247,10 @@ def _shift(x, spec: RingSpec):
         by_dtype.setdefault(jnp.dtype(a.dtype), []).append(i)
     for idx in by_dtype.values():
         if len(idx) == 1:
-            out[idx[0]] = _ppermute(leaves[idx[0]], spec.axis_name, perm)
+            out[idx[0]] = _ppermute(leaves[idx[0]], spec.axis_name, perm, spec.mesh_axes)
             continue
         flat = jnp.concatenate([leaves[i].reshape(-1) for i in idx])
-        flat = _ppermute(flat, spec.axis_name, perm)
+        flat = _ppermute(flat, spec.axis_name, perm, spec.mesh_axes)
         offset = 0
         for i in idx:
             size = leaves[i].size
@@ -415,8 +460,10 @@ def _contiguous_to_zigzag_local(x, spec: RingSpec, axis: int):
         return x
     first, second = _split(x, axis)
     # Chunk 2d goes to its zigzag owner, chunk 2d+1 to its; both maps are permutations.
-    even = _ppermute(first, spec.axis_name, [(d, _zigzag_owner(2 * d, n)) for d in range(n)])
-    odd = _ppermute(second, spec.axis_name, [(d, _zigzag_owner(2 * d + 1, n)) for d in range(n)])
+    to_even = [(d, _zigzag_owner(2 * d, n)) for d in range(n)]
+    to_odd = [(d, _zigzag_owner(2 * d + 1, n)) for d in range(n)]
+    even = _ppermute(first, spec.axis_name, to_even, spec.mesh_axes)
+    odd = _ppermute(second, spec.axis_name, to_odd, spec.mesh_axes)
     # Device e's early chunk e is the even one when e is even.
     e_is_even = _axis_index(spec.axis_name) % 2 == 0
     return jnp.concatenate(
@@ -432,8 +479,10 @@ def _zigzag_to_contiguous_local(x, spec: RingSpec, axis: int):
     early, late = _split(x, axis)
     e_is_even = _axis_index(spec.axis_name) % 2 == 0
     even, odd = jnp.where(e_is_even, early, late), jnp.where(e_is_even, late, early)
-    even = _ppermute(even, spec.axis_name, [(_zigzag_owner(2 * d, n), d) for d in range(n)])
-    odd = _ppermute(odd, spec.axis_name, [(_zigzag_owner(2 * d + 1, n), d) for d in range(n)])
+    from_even = [(_zigzag_owner(2 * d, n), d) for d in range(n)]
+    from_odd = [(_zigzag_owner(2 * d + 1, n), d) for d in range(n)]
+    even = _ppermute(even, spec.axis_name, from_even, spec.mesh_axes)
+    odd = _ppermute(odd, spec.axis_name, from_odd, spec.mesh_axes)
     return jnp.concatenate([even, odd], axis=axis)
 
 
