@@ -16,6 +16,7 @@ For the ``attention_fn`` hook of ``flax.nnx.MultiHeadAttention`` use
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -159,7 +160,25 @@ class MultiHeadAttention(nnx.Module):
         Initializers are not carried over (the parameters are). Example::
 
             fast = jax_flash3.nnx.MultiHeadAttention.from_flax(slow, causal=True)
+
+        A source module whose behavior this one cannot copy is refused (``ValueError`` naming the
+        field), never converted silently into something else: a custom ``attention_fn`` (pass
+        ``causal``/``window``/``softcap`` as extensions instead), ``decode=True`` (no cache here)
+        or custom dot_generals.
         """
+        defaults = inspect.signature(type(module).__init__).parameters
+        fn_default = defaults["attention_fn"].default if "attention_fn" in defaults else None
+        if fn_default is not None and getattr(module, "attention_fn", fn_default) is not fn_default:
+            raise ValueError(
+                "from_flax: the module has a custom attention_fn, which this module cannot carry "
+                "over (it computes attention itself); pass causal=, window= or softcap= instead"
+            )
+        if getattr(module, "decode", None):
+            raise ValueError("from_flax: decode=True (autoregressive cache) is not supported")
+        for name in ("qkv_dot_general", "out_dot_general", "qkv_dot_general_cls",
+                     "out_dot_general_cls"):
+            if getattr(module, name, None) is not None:
+                raise ValueError(f"from_flax: a custom {name} is not supported")
         config = {
             "qkv_features": module.qkv_features,
             "out_features": module.out_features,

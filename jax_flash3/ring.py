@@ -97,8 +97,21 @@ def _zigzag_order(num_devices: int) -> np.ndarray:
     return np.array([c for i in range(num_devices) for c in (i, 2 * num_devices - 1 - i)])
 
 
+def _check_zigzag_args(x, num_devices, axis) -> int:
+    """``axis`` normalized (negative counts from the end), after checking both arguments."""
+    if not hasattr(x, "shape") or not hasattr(x, "ndim"):
+        raise TypeError(f"x must be an array, got {type(x).__name__}")
+    is_int = lambda a: isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+    if not is_int(num_devices) or num_devices < 1:
+        raise ValueError(f"num_devices must be an int >= 1, got {num_devices!r}")
+    if not is_int(axis) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(
+            f"axis must be an int in [{-x.ndim}, {x.ndim}) for an array of rank {x.ndim}, got {axis!r}"
+        )
+    return int(axis) % x.ndim
+
+
 def _permute_chunks(x, order: np.ndarray, axis: int):
-    axis = axis % x.ndim
     n = x.shape[axis]
     if n % len(order):
         raise ValueError(
@@ -120,11 +133,13 @@ def to_zigzag(x, num_devices: int, axis: int = 1):
     for q/k/v/out ``(B, S, H, D)`` and token arrays ``(B, S)``, 2 for lse ``(B, H, S)``.
     Reorder the token ids (or positions) once, before the model, rather than every layer.
     """
+    axis = _check_zigzag_args(x, num_devices, axis)
     return _permute_chunks(x, _zigzag_order(num_devices), axis)
 
 
 def from_zigzag(x, num_devices: int, axis: int = 1):
     """Inverse of ``to_zigzag``: back to natural sequence order."""
+    axis = _check_zigzag_args(x, num_devices, axis)
     return _permute_chunks(x, np.argsort(_zigzag_order(num_devices)), axis)
 
 

@@ -362,6 +362,18 @@ def test_nnx_params_transfer_and_from_flax():
     assert _max_err(converted(x), theirs(x)) < TOL[jnp.float32]
 
 
+def test_nnx_from_flax_refuses_what_it_cannot_copy():
+    """A custom attention_fn or decode=True on the source module is refused, not dropped."""
+    kw = dict(num_heads=4, in_features=32, rngs=nnx.Rngs(0))
+    causal_fn = jf3nnx.make_attention_fn(causal=True) if hasattr(jf3nnx, "make_attention_fn") else (
+        lambda *a, **k: nnx.dot_product_attention(*a, **k))
+    with pytest.raises(ValueError, match=r"from_flax: .*attention_fn"):
+        jf3nnx.MultiHeadAttention.from_flax(nnx.MultiHeadAttention(**kw, attention_fn=causal_fn))
+    with pytest.raises(ValueError, match=r"from_flax: decode=True"):
+        jf3nnx.MultiHeadAttention.from_flax(nnx.MultiHeadAttention(**kw, decode=True))
+    jf3nnx.MultiHeadAttention.from_flax(nnx.MultiHeadAttention(**kw))  # the defaults convert
+
+
 @pytest.mark.parametrize("sq,sk", [(16, 16), (24, 16), (8, 16)])
 def test_nnx_causal(sq, sk):
     ours, theirs = _nnx_pair(NNX_CONFIGS["default"])

@@ -6,6 +6,7 @@ the computed tiles: equal on every device for zigzag, 3 + 4d for contiguous.
 
 from __future__ import annotations
 
+import pathlib
 import re
 
 import jax
@@ -221,6 +222,37 @@ def test_causal_ring_over_axes_out_of_mesh_order(shape, names, axes):
         ))
         out = from_ring(program(to_ring(q), to_ring(k), to_ring(v)))
         _assert_matches([out], [want[0]], (f"out ({layout})",))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"num_devices": 0}, r"num_devices must be an int >= 1"),
+     ({"num_devices": -2}, r"num_devices must be an int >= 1"),
+     ({"num_devices": 2.0}, r"num_devices must be an int >= 1"),
+     ({"num_devices": 2, "axis": 2}, r"axis must be an int in \[-2, 2\)"),
+     ({"num_devices": 2, "axis": -3}, r"axis must be an int in \[-2, 2\)"),
+     ({"num_devices": 2, "axis": True}, r"axis must be an int")],
+)
+def test_zigzag_helpers_refuse_bad_arguments(kwargs, match):
+    x = jnp.arange(64).reshape(4, 16)
+    for fn in (jax_flash3.to_zigzag, jax_flash3.from_zigzag):
+        with pytest.raises(ValueError, match=match):
+            fn(x, **kwargs)
+    np.testing.assert_array_equal(jax_flash3.to_zigzag(x, 2, axis=-1), jax_flash3.to_zigzag(x, 2, 1))
+
+
+def test_readme_shard_map_snippet_runs():
+    """README.md's explicit-ring snippet, as written there, on the 8 virtual CPU devices."""
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices")
+    q, k, v, _, _ = _inputs(5, 1, 64, 64, 2, 2, 16)
+    ref = jax_flash3.flash_attention(q, k, v, causal=True)
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = text.split("Inside `jax.shard_map` call the ring explicitly:\n\n```python\n")[1]
+    snippet = snippet.split("```")[0]
+    scope = {"jax": jax, "jax_flash3": jax_flash3, "q": q, "k": k, "v": v}
+    exec(snippet, scope)
+    _assert_matches([scope["out"]], [ref], ("out",))
 
 
 def test_ring_attention_returns_out_only_by_default():
