@@ -55,6 +55,27 @@ def check_no_mask(mask, where: str) -> None:
                          f"{getattr(mask, 'shape', '?')}). {MASK_HINT}")
 
 
+def _is_default(value, default) -> bool:
+    if value is default:
+        return True
+    try:
+        return bool(value == default)
+    except Exception:  # (arrays, objects without a plain ==)
+        return False
+
+
+def check_flax_only_fields(given: dict, defaults: dict, where: str) -> None:
+    """Fields flax's module has and this one does not implement (a custom ``attention_fn``,
+    dot_generals, promote functions, parameter metadata): accepted at flax's default value,
+    refused otherwise with a ``ValueError`` naming the field (never silently ignored)."""
+    for name, value in given.items():
+        if name in defaults and not _is_default(value, defaults[name]):
+            hint = (" (this module computes attention itself: pass causal=, window=, softcap= "
+                    "instead, or plug jax_flash3's attention_fn into flax's own module)"
+                    if name == "attention_fn" else "")
+            raise ValueError(f"{where}: {name}={value!r} is not supported{hint}")
+
+
 def check_no_decode(decode, where: str) -> None:
     if decode:
         raise ValueError(

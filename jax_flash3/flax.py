@@ -150,6 +150,12 @@ attention_fn.__doc__ = (
 )
 
 
+# flax.linen.MultiHeadDotProductAttention's fields that MultiHeadAttention accepts only at their
+# defaults (None here: flax's default attention_fn is accepted too).
+_LINEN_FLAX_ONLY = ("attention_fn", "qkv_dot_general", "out_dot_general", "qkv_dot_general_cls",
+                    "out_dot_general_cls")
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention on ``jax_flash3.flash_attention``; a drop-in for
     ``flax.linen.MultiHeadDotProductAttention``.
@@ -201,6 +207,12 @@ class MultiHeadAttention(nn.Module):
     decode: bool = False
     normalize_qk: bool = False
     force_fp32_for_softmax: bool = False
+    # flax's fields this module does not implement: accepted at flax's defaults, else refused.
+    attention_fn: Callable[..., Any] | None = None
+    qkv_dot_general: Any = None
+    out_dot_general: Any = None
+    qkv_dot_general_cls: Any = None
+    out_dot_general_cls: Any = None
     # jax_flash3 extensions.
     num_kv_heads: int | None = None
     causal: bool = False
@@ -245,6 +257,10 @@ class MultiHeadAttention(nn.Module):
         _flax_common.check_no_mask(mask, where)
         _flax_common.check_no_decode(self.decode, where)
         _flax_common.check_no_sow(sow_weights, where)
+        given = {name: getattr(self, name) for name in _LINEN_FLAX_ONLY}
+        if given["attention_fn"] is nn.dot_product_attention:  # flax's default, spelled out
+            given["attention_fn"] = None
+        _flax_common.check_flax_only_fields(given, dict.fromkeys(_LINEN_FLAX_ONLY), where)
         if self.dropout_rate:
             _flax_common.check_dropout(
                 self.dropout_rate, _merge(self.deterministic, deterministic), where)

@@ -91,8 +91,18 @@ class MultiHeadAttention(nnx.Module):
         deterministic_backward: bool = False,
         fp8: bool = False,
         rngs: nnx.Rngs,
+        **flax_only,
     ):
         where = "jax_flash3.nnx.MultiHeadAttention"
+        # nnx.MultiHeadAttention's other arguments (attention_fn, dot_generals, promote
+        # functions, parameter metadata, keep_rngs): accepted at flax's defaults, else refused.
+        flax_params = inspect.signature(nnx.MultiHeadAttention.__init__).parameters
+        unknown = sorted(set(flax_only) - set(flax_params))
+        if unknown:
+            raise TypeError(f"{where}: unexpected keyword argument(s) {', '.join(unknown)}")
+        flax_only.pop("keep_rngs", None)  # (any value: rngs are kept for nothing here)
+        _flax_common.check_flax_only_fields(
+            flax_only, {name: flax_params[name].default for name in flax_only}, where)
         self.num_heads = num_heads
         self.in_features = in_features
         self.qkv_features = in_features if qkv_features is None else qkv_features

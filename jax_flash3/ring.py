@@ -588,7 +588,8 @@ def ring_attention(
         chunk ``i`` of ``N``; correct, but device ``N-1`` does ``N`` blocks while device 0 does one).
         Ignored when not causal.
       softmax_scale, softcap, return_lse, deterministic, implementation: as ``flash_attention``.
-      window: only ``None`` (or ``(-1, -1)``) is supported; sliding windows raise
+      window: only unbounded sides are supported: ``None``, ``(-1, -1)``, or sides at least as
+        long as the global sequence (``N * (Sq + Sk)``); sliding windows raise
         ``NotImplementedError``.
 
     Returns:
@@ -601,6 +602,15 @@ def ring_attention(
 
     if not isinstance(return_lse, (bool, jnp.bool_)):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    names = _axis_tuple(axis_name)
+    num_devices = int(lax.axis_size(names if len(names) > 1 else names[0]))
+    given_window = window
+    # make_config clamps a window side to the local Sq + Sk; a side spanning the whole global
+    # sequence is unbounded here, so it is made None first (the rest make_config validates).
+    span = num_devices * (int(q.shape[1]) + int(k.shape[1]))
+    if isinstance(window, (tuple, list)) and len(window) == 2:
+        window = tuple(None if isinstance(w, (int, np.integer)) and not isinstance(w, bool)
+                       and w >= span else w for w in window)
     cfg = make_config(
         q, k, v,
         causal=causal, softmax_scale=softmax_scale, window=window, softcap=softcap,
@@ -610,9 +620,9 @@ def ring_attention(
         raise ValueError(f"ring_attention: layout must be one of {LAYOUTS}, got {layout!r}")
     why = ring_support_error(cfg, q.shape[1], k.shape[1], layout)
     if why is not None:
+        if given_window is not None:
+            why += f" (window={given_window!r})"
         raise NotImplementedError(f"ring_attention: {why}")
-    names = _axis_tuple(axis_name)
-    num_devices = int(lax.axis_size(names if len(names) > 1 else names[0]))
     spec = RingSpec(cfg=cfg, axis_name=names, num_devices=num_devices, layout=layout)
     out, lse = _ring(q, k, v, spec)
     return (out, lse) if return_lse else out

@@ -362,6 +362,33 @@ def test_nnx_params_transfer_and_from_flax():
     assert _max_err(converted(x), theirs(x)) < TOL[jnp.float32]
 
 
+def test_flax_only_fields_accepted_at_defaults_refused_otherwise():
+    """flax's module fields these modules do not implement are accepted at flax's defaults (so
+    constructor calls written for flax still work) and refused with a ValueError naming the field
+    otherwise; unknown nnx keywords stay a TypeError."""
+    x = _inputs((2, 8, 32))
+    lin = lambda **kw: jf3.MultiHeadAttention(num_heads=4, **kw)
+    for kw in ({}, {"attention_fn": nn.dot_product_attention}, {"qkv_dot_general": None}):
+        m = lin(**kw)
+        m.apply(m.init(jax.random.PRNGKey(0), x), x)
+    for name, value in (("attention_fn", jf3.attention_fn),
+                        ("qkv_dot_general", jax.lax.dot_general), ("out_dot_general_cls", object)):
+        m = lin(**{name: value})
+        with pytest.raises(ValueError, match=rf"MultiHeadAttention: {name}=.* is not supported"):
+            m.init(jax.random.PRNGKey(0), x)
+    mk = lambda **kw: jf3nnx.MultiHeadAttention(4, 32, rngs=nnx.Rngs(0), **kw)
+    for kw in ({"keep_rngs": False}, {"attention_fn": nnx.dot_product_attention},
+               {"kernel_metadata": {}}, {"qkv_dot_general": None}):
+        mk(**kw)(x)
+    for name, value in (("attention_fn", jf3.attention_fn),
+                        ("kernel_metadata", {"sharding": ("a",)}),
+                        ("out_dot_general", jax.lax.dot_general)):
+        with pytest.raises(ValueError, match=rf"MultiHeadAttention: {name}=.* is not supported"):
+            mk(**{name: value})
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) bogus"):
+        mk(bogus=1)
+
+
 def test_nnx_from_flax_refuses_what_it_cannot_copy():
     """A custom attention_fn or decode=True on the source module is refused, not dropped."""
     kw = dict(num_heads=4, in_features=32, rngs=nnx.Rngs(0))

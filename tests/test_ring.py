@@ -224,6 +224,22 @@ def test_causal_ring_over_axes_out_of_mesh_order(shape, names, axes):
         _assert_matches([out], [want[0]], (f"out ({layout})",))
 
 
+@pytest.mark.parametrize("window", [(2**31 - 1, None), (None, 10**9), (128, 128)])
+def test_ring_attention_takes_windows_that_span_the_global_sequence(window):
+    """Window sides at least as long as the global sequence (here 2 x (32 + 32) = 128) are
+    unbounded, as flash_attention treats them: the ring runs and matches no window at all."""
+    mesh = _mesh(2)
+    q, k, v, _, _ = _inputs(17, 1, 64, 64, 2, 1, 8)
+    seq = P(None, "ring")
+    fn = jax.jit(jax.shard_map(
+        lambda q, k, v: jax_flash3.ring_attention(q, k, v, "ring", window=window,
+                                                  implementation="reference"),
+        mesh=mesh, in_specs=(seq, seq, seq), out_specs=seq, check_vma=False,
+    ))
+    want = jax_flash3.flash_attention(q, k, v, implementation="reference")
+    _assert_matches([fn(q, k, v)], [want], ("out",))
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"num_devices": 0}, r"num_devices must be an int >= 1"),
@@ -282,7 +298,7 @@ def test_ring_attention_with_check_vma():
 @pytest.mark.parametrize(
     "kwargs,shapes,error,match",
     [
-        ({"window": (16, 0)}, (32, 32), NotImplementedError, "sliding window"),
+        ({"window": (16, 0)}, (32, 32), NotImplementedError, r"sliding window.*window=\(16, 0\)"),
         ({"causal": True}, (16, 32), NotImplementedError, "equal query and key lengths"),
         ({"causal": True}, (15, 15), NotImplementedError, "even per-device sequence length"),
         ({"layout": "striped"}, (16, 16), ValueError, "layout must be one of"),
