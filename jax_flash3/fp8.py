@@ -130,11 +130,22 @@ def _quantize_with_scaled(x, granularity: str):
     elif granularity == "head":
         amax = xa.max(axis=(1, 3))  # (B, H)
     else:
-        n = _num_blocks(s)
-        pad = n * SCALE_BLOCK - s
-        if pad:
-            xa = jnp.pad(xa, ((0, 0), (0, pad), (0, 0), (0, 0)))
-        amax = xa.reshape(b, n, SCALE_BLOCK, h, d).max(axis=(2, 4)).transpose(0, 2, 1)  # (B, H, n)
+        # A strided window rather than a (n, SCALE_BLOCK) reshape of the sequence: under jit with
+        # the sequence sharded, a reshape lets the partitioner shard the block axis over part of
+        # a mesh axis (n smaller than, or not a multiple of, the axis size), a sharding the FP8
+        # kernel's partitioning rule cannot be handed. The window keeps the block axis unsharded.
+        # With explicit mesh axes the window cannot split a sharded sequence by itself: gather
+        # the row maxima first ((B, S, H), 1/D of x's size).
+        pad = _num_blocks(s) * SCALE_BLOCK - s
+        rows = xa.max(axis=3)
+        spec = _sharding._explicit_spec(rows)
+        if spec is not None and spec[1] is not None:
+            mesh = jax.typeof(rows).sharding.mesh
+            rows = jax.sharding.reshard(rows, NamedSharding(mesh, P(spec[0], None, spec[2])))
+        amax = lax.reduce_window(
+            rows, -jnp.inf, lax.max, (1, SCALE_BLOCK, 1), (1, SCALE_BLOCK, 1),
+            padding=((0, 0), (0, pad), (0, 0)),
+        ).transpose(0, 2, 1)  # (B, H, n)
     descale = jnp.where(amax > 0, amax / E4M3_MAX, 1.0).astype(_F32)
     scaled = x.astype(_F32) / _broadcast_rows(descale, s, h)
     # Non-finite inputs stay visible as NaN (e4m3fn has no infinity) instead of saturating.

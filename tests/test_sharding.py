@@ -287,6 +287,40 @@ def test_fp8_precision_path_sharded_forward_and_grad():
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n,s,hq,hk,causal,kv_sharded,explicit", [
+    (8, 256, 2, 2, True, False, False),   # 2 scale blocks on 8 devices
+    (8, 256, 4, 2, False, False, False),  # GQA
+    (4, 640, 2, 1, True, True, False),    # 5 blocks on 4 devices, K/V sequence sharded too
+    (8, 256, 2, 2, True, False, True),    # explicit mesh axes
+])
+def test_fp8_precision_path_sequence_sharded_grad(n, s, hq, hk, causal, kv_sharded, explicit):
+    # precision="fp8" quantizes per 128-row block inside jit. With the query sequence sharded,
+    # the block axis is smaller than (or no multiple of) the mesh axis; it once reached the FP8
+    # call sharded over part of the axis, which the partitioner could not take (compile error).
+    mesh = _mesh((n,), ("x",))
+    if explicit:
+        mesh = jax.sharding.Mesh(mesh.devices, ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+    q, k, v, dout, _ = _inputs(31 + n + hq, 1, s, s, hq, hk, 32)
+
+    def out_and_grads(q, k, v):
+        def loss(q, k, v):
+            out = jax_flash3.flash_attention(q, k, v, causal=causal, precision="fp8",
+                                             implementation="reference")
+            return jnp.sum(out * dout), out
+
+        (_, out), grads = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v)
+        return out, *grads
+
+    want = jax.jit(out_and_grads)(q, k, v)
+    seq, rep = NamedSharding(mesh, P(None, "x")), NamedSharding(mesh, P())
+    args = [jax.device_put(q, seq)] + [jax.device_put(x, seq if kv_sharded else rep) for x in (k, v)]
+    got = jax.jit(out_and_grads)(*args)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.isfinite(a).all(), name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_fp8_sequence_sharding_is_gathered_and_correct():
     from jax_flash3 import fp8
 
