@@ -1,6 +1,6 @@
 """Sustained throughput with the SM clock and board power read alongside (NVML), per implementation.
 
-    python3 benchmarks/sustained_clocks.py [--seconds 2.0]
+    python3 benchmarks/sustained_clocks.py [--seconds 2.0] [--fp8]
 
 For each grid point below and each implementation (jax_flash3, flash-attn3-jax when installed),
 the jitted call runs back to back (10 dispatched, then a wait) for ``--seconds`` (the first half warms the card up to its
@@ -8,6 +8,10 @@ sustained state, the second half is measured): TFLOPs/s from the calls completed
 half (same FLOP formula as bench_attention.py), and the mean SM clock (MHz) and power (W) sampled
 by NVML after each burst of 10 in that half. Answers whether two kernels at the same grid point run at
 the same clock when the card sits at its power cap.
+
+``--fp8``: instead, hdim 128 and 256 non-causal at 16k, our bf16 forward and the FP8 forward on
+pre-quantized inputs (bench_attention.py's ``fp8`` row), each run twice in the order bf16, fp8,
+bf16, fp8: the sustained fp8 / bf16 ratio at the power cap, with the clock each one settles at.
 """
 
 from __future__ import annotations
@@ -28,9 +32,21 @@ POINTS = [  # (hdim, seq, causal, with backward)
 ]
 
 
+def _fp8_call(q, k, v, causal):
+    """bench_attention.py's ``fp8`` row: the FP8 forward on inputs quantized beforehand."""
+    import jax_flash3
+    from jax_flash3 import fp8
+
+    (q8, qd), (k8, kd), (v8, vd) = fp8.quantize(q), fp8.quantize(k), fp8.quantize(v, granularity="head")
+    fn = jax.jit(lambda q8, k8, v8: jax_flash3.flash_attention(  # descales closed over, as there
+        q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, causal=bool(causal)))
+    return fn, (q8, k8, v8)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--fp8", action="store_true", help="bf16 vs FP8 forward, d128/d256 16k")
     args = ap.parse_args()
     import pynvml
 
@@ -43,17 +59,23 @@ def main():
         impls.append("fa3jax")
     except ImportError:
         pass
+    points = POINTS
+    if args.fp8:
+        points, impls = [(128, 16384, 0, False), (256, 16384, 0, False)], ["jf3", "fp8", "jf3", "fp8"]
     print(f"{'point':<24} {'impl':<7} {'TFLOPs/s':>9} {'SM MHz':>7} {'W':>6} {'calls':>6}")
-    for d, s, causal, bwd in POINTS:
+    for d, s, causal, bwd in points:
         b, hh, (q, k, v, do) = grid_inputs(jax.random.PRNGKey(1), d, s)
         fl = flops_fwd(b, hh, s, d, causal) * (3.5 if bwd else 1.0)  # fwd + bwd = 3.5 x fwd
         for name in impls:
-            attn = attention_fn(name, causal)
-            if bwd:
+            if name == "fp8":
+                fn, args8 = _fp8_call(q, k, v, causal)
+                call = lambda fn=fn, args8=args8: fn(*args8)
+            elif bwd:
+                attn = attention_fn(name, causal)
                 fn = jax.jit(lambda q, k, v, do, attn=attn: jax.vjp(attn, q, k, v)[1](do))
                 call = lambda fn=fn: fn(q, k, v, do)
             else:
-                fn = jax.jit(attn)
+                fn = jax.jit(attention_fn(name, causal))
                 call = lambda fn=fn: fn(q, k, v)
             jax.block_until_ready(call())
             t_end = time.perf_counter() + args.seconds
