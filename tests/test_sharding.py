@@ -321,6 +321,34 @@ def test_fp8_precision_path_sequence_sharded_grad(n, s, hq, hk, causal, kv_shard
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_fp8_traced_descales_with_query_heads_sharded_past_kv_heads():
+    # Traced descales are checked per (batch, KV head) inside jit. Grouping the query heads by a
+    # (Hk, group) reshape once sharded Hk over part of the mesh axis when the query heads were
+    # sharded over more devices than there are KV heads (compile error in the partitioner).
+    from jax_flash3 import fp8
+
+    mesh = _mesh((8,), ("h",))
+    q, k, v, _, _ = _inputs(41, 2, 256, 256, 8, 2, 32)
+    q8, qd = fp8.quantize(q)
+    k8, kd = fp8.quantize(k)
+    v8, vd = fp8.quantize(v, granularity="head")
+    fn = jax.jit(lambda *a: jax_flash3.flash_attention(*a[:3], q_descale=a[3], k_descale=a[4], v_descale=a[5],
+                                                       causal=True, return_lse=True,
+                                                       implementation="reference"))
+    want = fn(q8, k8, v8, qd, kd, vd)
+    q8s = jax.device_put(q8, NamedSharding(mesh, P(None, None, "h")))
+    got = fn(q8s, k8, v8, qd, kd, vd)
+    np.testing.assert_array_equal(np.asarray(got[0], np.float32), np.asarray(want[0], np.float32))
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-6, atol=1e-6)
+    # A bad descale still poisons exactly its (batch, KV head): query heads 4-7 of batch 1 here.
+    bad = qd.at[1, 5, 0].set(-1.0)
+    out, lse = fn(q8s, k8, v8, bad, kd, vd)
+    out, lse = np.asarray(out, np.float32), np.asarray(lse)
+    assert np.isnan(out[1, :, 4:]).all() and np.isnan(lse[1, 4:]).all()
+    np.testing.assert_array_equal(out[0], np.asarray(want[0], np.float32)[0])
+    np.testing.assert_array_equal(out[1, :, :4], np.asarray(want[0], np.float32)[1, :, :4])
+
+
 def test_fp8_sequence_sharding_is_gathered_and_correct():
     from jax_flash3 import fp8
 
