@@ -272,6 +272,34 @@ def _pad_rows(x, pad: int, axis: int, value):
     return jnp.pad(x, widths, constant_values=value)
 
 
+def _one_location(fn):
+    """``fn`` traced with one source traceback for all its operations (the caller's).
+
+    The sequence-sharded paths below trace one branch per shard under ``lax.switch``; on the
+    pure-JAX path each branch holds ``lax.scan`` loops. XLA's while-loop simplifier, inlining those
+    loops, compares the stack frames of every operation's location, and with the deep per-op
+    tracebacks of these branches that took hours: ``jit(grad(...))`` of ``precision="fp8"``
+    (bfloat16, residual term on, causal, query sequence sharded) never finished compiling. One
+    shared traceback per call gives the same compile in about a second. Error messages and
+    profiles then point at the call into jax_flash3 rather than into its internals.
+    """
+    try:
+        from jax._src import source_info_util
+        from jax._src.lib import xla_client
+
+        get_traceback, user_context = xla_client.Traceback.get_traceback, source_info_util.user_context
+    except (ImportError, AttributeError):  # another JAX layout: trace as is
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with user_context(get_traceback()):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@_one_location
 def _q_sharded_fwd(plan: _Plan, cfg: AttentionConfig, q, k, v):
     n = plan.size(plan.q_seq)
     sl, sk = q.shape[1], k.shape[1]
@@ -296,6 +324,7 @@ def _q_sharded_fwd(plan: _Plan, cfg: AttentionConfig, q, k, v):
     return lax.switch(_axis_index(plan.q_seq), branches, q, k, v)
 
 
+@_one_location
 def _q_sharded_bwd(plan: _Plan, cfg: AttentionConfig, q, k, v, out, lse, dout, dlse):
     n = plan.size(plan.q_seq)
     sl, sk = q.shape[1], k.shape[1]

@@ -407,17 +407,10 @@ def _descales_ok(qd, kd, vd):
     ``qd (B, Hq, nq)``, ``kd (B, Hk, nk)``, ``vd (B, Hk)`` as ``normalize_descales`` returns them.
     """
     good = lambda d: jnp.isfinite(d) & (d > 0)
-    # Query heads to KV heads through a 0/1 grouping matrix rather than a (Hk, group) reshape:
-    # under jit with the query heads sharded over more devices than there are KV heads, the
-    # reshape would shard Hk over part of a mesh axis, which the FP8 call's partitioner cannot take.
-    bad_q = (~good(qd).all(axis=2)).astype(_F32)  # (B, Hq)
-    q_ok = jnp.einsum("bh,hk->bk", bad_q, _group_matrix(qd.shape[1], vd.shape[1]), precision=_HI) == 0
+    b, hq, nq = qd.shape
+    hk = vd.shape[1]
+    q_ok = good(qd).reshape(b, hk, (hq // hk) * nq).all(axis=2)
     return q_ok & good(kd).all(axis=2) & good(vd)
-
-
-def _group_matrix(hq: int, hk: int):
-    """(Hq, Hk) float32: 1 where query head h reads KV head k (h // (Hq / Hk) == k)."""
-    return jnp.asarray(np.arange(hq)[:, None] // (hq // hk) == np.arange(hk)[None, :], _F32)
 
 
 def attention_quantized(q8, k8, v8, q_descale, k_descale, v_descale, cfg: AttentionConfig):
@@ -440,8 +433,7 @@ def attention_quantized(q8, k8, v8, q_descale, k_descale, v_descale, cfg: Attent
     qd = jnp.where(jnp.isfinite(qd) & (qd > 0), qd, 1.0)
     kd = jnp.where(jnp.isfinite(kd) & (kd > 0), kd, 1.0)
     out, lse = _quantized_inputs(q8, k8, v8, qd, kd, vd, cfg)
-    ok_q = jnp.einsum("bk,hk->bh", ok.astype(_F32), _group_matrix(qd.shape[1], ok.shape[1]),
-                      precision=_HI) > 0
+    ok_q = jnp.repeat(ok, qd.shape[1] // ok.shape[1], axis=1)  # (B, Hq)
     return out, jnp.where(ok_q[:, :, None], lse, jnp.nan)
 
 
